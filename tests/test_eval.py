@@ -1,0 +1,71 @@
+"""ranx, as the eval stage calls it, against the official trec_eval on the official MS MARCO qrels."""
+
+import random
+import subprocess
+
+import pytest
+
+from pipeline.data import read_trec_qrels
+from pipeline.eval import evaluate, query_differences, ranx_metrics
+from pipeline.search import write_trec
+
+from conftest import SHARED, write_beir_folder
+
+QRELS = SHARED / "qrels"
+
+
+def synthetic_run(qrels, seed=0, depth=1000, drop=()):
+    """Judged documents at random ranks among random unjudged ones, as a retrieval system gives."""
+    rng = random.Random(seed)
+    hits = {}
+    for qid, judged in qrels.items():
+        if qid in drop:
+            continue
+        docs = [d for d in judged if rng.random() < 0.7] + [f"unjudged-{i}" for i in range(depth)]
+        hits[qid] = [(docid, rng.random() * 10) for docid in docs[:depth]]
+    return hits
+
+
+def trec_eval_value(binary, args, qrels_path, run_path, measure):
+    out = subprocess.run([str(binary), *args, str(qrels_path), str(run_path)], capture_output=True, text=True, check=True).stdout
+    return {line.split()[0]: float(line.split()[2]) for line in out.splitlines() if line.split()[1] == "all"}[measure]
+
+
+@pytest.mark.parametrize(("qrels_name", "dataset", "depth"),
+                         [("qrels.dl19-passage.txt", "dl19", 1000), ("qrels.msmarco-passage.dev-subset.txt", "msmarco-dev", 150)])
+def test_metrics_match_trec_eval(qrels_name, dataset, depth, trec_eval, tmp_path):
+    qrels_path = QRELS / qrels_name
+    qrels = read_trec_qrels(qrels_path)
+    run_path = tmp_path / "run.trec"
+    write_trec(synthetic_run(qrels, depth=depth), run_path, "synthetic")
+    ours = evaluate(dataset, {"run": run_path}, qrels_file=qrels_path)["metrics"]["run"]
+    level = ["-l", "2"] if dataset == "dl19" else []
+    assert ours["ndcg@10"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-m", "ndcg_cut.10"], qrels_path, run_path, "ndcg_cut_10"), abs=1e-4)
+    assert ours["recall@100"] == pytest.approx(trec_eval_value(trec_eval, ["-c", *level, "-m", "recall.100"], qrels_path, run_path, "recall_100"), abs=1e-4)
+    assert ours["recall@1000"] == pytest.approx(trec_eval_value(trec_eval, ["-c", *level, "-m", "recall.1000"], qrels_path, run_path, "recall_1000"), abs=1e-4)
+    assert ours["mrr@10"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-M", "10", "-m", "recip_rank"], qrels_path, run_path, "recip_rank"), abs=1e-4)
+    if dataset == "dl19":
+        assert ours["map"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-l", "2", "-m", "map"], qrels_path, run_path, "map"), abs=1e-4)
+
+
+def test_relevance_level_applies_to_recall_and_map_only():
+    assert ranx_metrics(2) == {"ndcg@10": "ndcg@10", "recall@100": "recall@100-l2", "recall@1000": "recall@1000-l2",
+                               "mrr@10": "mrr@10", "map": "map-l2"}
+
+
+def test_run_and_qrels_with_different_queries(tmp_path, trec_eval):
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
+    folder = write_beir_folder(tmp_path / "beir", docs={d: ("", d) for d in ("d1", "d2", "d3")},
+                               queries={q: q for q in qrels}, qrels=qrels)
+    run_path = tmp_path / "run.trec"
+    # q3 is judged but missing from the run; q9 is in the run but not judged.
+    write_trec({"q1": [("d1", 2.0)], "q2": [("d9", 3.0), ("d2", 1.0)], "q9": [("d1", 1.0)]}, run_path, "partial")
+    result = evaluate(str(folder), {"partial": run_path})
+    assert result["queries"] == 3
+    assert result["metrics"]["partial"]["mrr@10"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert any("1 judged queries have no results and score 0" in note and "q3" in note for note in result["notes"])
+    assert any("1 queries have no judgments and are ignored" in note and "q9" in note for note in result["notes"])
+    trec_qrels = tmp_path / "qrels.txt"
+    trec_qrels.write_text("".join(f"{q} 0 {d} 1\n" for q, docs in qrels.items() for d in docs))
+    assert result["metrics"]["partial"]["mrr@10"] == pytest.approx(
+        trec_eval_value(trec_eval, ["-c", "-m", "recip_rank"], trec_qrels, run_path, "recip_rank"))
