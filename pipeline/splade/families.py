@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
@@ -20,7 +21,30 @@ class MlmHead:
     transform: nn.Module | Callable  # hidden -> hidden, the head's dense + activation + LayerNorm
     decoder: nn.Linear  # hidden -> vocabulary logits
     layer_norm: nn.LayerNorm  # the transform's last LayerNorm (its gain is a head diagnostic)
-    decoder_attr: str  # the decoder's path in the model, as in state_dict keys
+    input_embeddings: nn.Embedding  # what the released checkpoints tie `decoder.weight` to
+    # BERT keeps a second name for the decoder bias (`cls.predictions.bias`); saving writes one name
+    # for a shared tensor, so an untied head gives the alias its own copy and keeps it in step:
+    # called with the decoder bias it copies it, called with None it freezes the alias.
+    bias_alias: Callable[[nn.Parameter | None], None] | None = None
+
+    @property
+    def tied(self) -> bool:
+        return self.decoder.weight.data_ptr() == self.input_embeddings.weight.data_ptr()
+
+    def untie(self, model: nn.Module) -> None:
+        """Give the decoder its own weight (and bias), so scaling it leaves the input embeddings alone;
+        the config then says untied, so a saved checkpoint reloads the head as saved."""
+        self.decoder.weight = nn.Parameter(self.decoder.weight.detach().clone())
+        if self.decoder.bias is not None and self.bias_alias is not None:
+            # The alias becomes a frozen copy: it gets no gradient, and is refreshed before saving.
+            self.decoder.bias = nn.Parameter(self.decoder.bias.detach().clone())
+            self.bias_alias(None)
+        model.config.tie_word_embeddings = False
+
+    def sync_bias_alias(self) -> None:
+        """Before saving an untied head, copy the decoder bias to its alias (a no-op when shared)."""
+        if self.bias_alias is not None and self.decoder.bias is not None:
+            self.bias_alias(self.decoder.bias)
 
 
 class _DistilBertTransform(nn.Module):
@@ -36,15 +60,24 @@ class _DistilBertTransform(nn.Module):
 
 def _bert(model) -> MlmHead:
     predictions = model.cls.predictions
-    return MlmHead(predictions.transform, predictions.decoder, predictions.transform.LayerNorm, "cls.predictions.decoder")
+
+    def copy_bias(bias):
+        if bias is None:
+            predictions.bias.requires_grad_(False)
+        elif predictions.bias is not bias:
+            with torch.no_grad():
+                predictions.bias.copy_(bias)
+
+    return MlmHead(predictions.transform, predictions.decoder, predictions.transform.LayerNorm,
+                   model.get_input_embeddings(), copy_bias)
 
 
 def _distilbert(model) -> MlmHead:
-    return MlmHead(_DistilBertTransform(model), model.vocab_projector, model.vocab_layer_norm, "vocab_projector")
+    return MlmHead(_DistilBertTransform(model), model.vocab_projector, model.vocab_layer_norm, model.get_input_embeddings())
 
 
 def _modernbert(model) -> MlmHead:
-    return MlmHead(model.head, model.decoder, model.head.norm, "decoder")
+    return MlmHead(model.head, model.decoder, model.head.norm, model.get_input_embeddings())
 
 
 FAMILIES: dict[str, Callable[[nn.Module], MlmHead]] = {

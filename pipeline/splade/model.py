@@ -34,6 +34,12 @@ class Splade(nn.Module):
     def head(self):
         return mlm_head(self.mlm)
 
+    def save_pretrained(self, path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+        """A Hugging Face checkpoint (config, safetensors, tokenizer) that reloads to identical outputs."""
+        self.head.sync_bias_alias()
+        self.mlm.save_pretrained(str(path), safe_serialization=True)
+        tokenizer.save_pretrained(str(path))
+
     @property
     def vocab_size(self) -> int:
         return self.head.decoder.out_features
