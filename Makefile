@@ -24,15 +24,29 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 DEFAULT_MODEL := models/splade-tiny
 # Outputs are named after the model: models/NAME -> NAME, ORG/NAME (a hub id) -> ORG--NAME.
-TAG := $(subst /,--,$(patsubst models/%,%,$(patsubst %/,%,$(MODEL))))
+tag = $(subst /,--,$(patsubst models/%,%,$(patsubst %/,%,$(1))))
+TAG := $(call tag,$(MODEL))
 # A local model's files are inputs Make tracks; a hub id is not.
-MODEL_INPUT := $(if $(filter $(DEFAULT_MODEL),$(MODEL)),$(DEFAULT_MODEL)/model.safetensors,$(wildcard $(MODEL)/config.json $(MODEL)/*.safetensors))
+# The default model and the one `make train` writes (OUT) are built when missing.
+model_input = $(if $(filter $(DEFAULT_MODEL) $(OUT),$(1)),$(1)/model.safetensors,$(wildcard $(1)/config.json $(1)/*.safetensors))
 # Output folder of a dataset: its name with "/" as "-" (scifact, beir-arguana, my-corpus).
 slug = $(subst /,-,$(patsubst ./%,%,$(patsubst /%,%,$(patsubst %/,%,$(1)))))
+# Other models (paths or ids) whose runs `eval` puts beside MODEL's, e.g. COMPARE=models/splade-tiny.
+COMPARE ?=
 
-.PHONY: help setup fetch-model encode index search eval beir-eval test clean
+# Training (`make train`, `make ablation`): the model to start from, the data, the dataset whose BM25
+# index gives hard negatives, and the output folder (then `make beir-eval MODEL=$(OUT)`).
+BASE ?= $(DEFAULT_MODEL)
+TRAIN_DATA ?= beir/scifact/train
+NEGATIVES ?= scifact
+OUT ?= models/trained
+TRAIN_ARGS ?=
+ABLATION_ARGS ?=
+
+.PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation bench test clean
 help:
-	@echo "make setup | beir-eval [MODEL=... DATASETS='scifact nfcorpus ...'] | encode | index | search | eval | test"
+	@echo "make setup | beir-eval [MODEL=... DATASETS='scifact nfcorpus ...' COMPARE=...] | encode | index | search | eval"
+	@echo "make train [MODEL=... OUT=models/trained TRAIN_ARGS='--steps 200'] | head-stats [RESCALE=16|auto] | ablation | test"
 
 setup: $(SETUP) $(DEFAULT_MODEL)/model.safetensors
 
@@ -46,26 +60,31 @@ fetch-model: $(DEFAULT_MODEL)/model.safetensors
 $(DEFAULT_MODEL)/model.safetensors: | $(SETUP)
 	$(PY) -m pipeline fetch-model --out $(DEFAULT_MODEL)
 
+# $(1) dataset, $(2) its folder, $(3) model, $(4) the model's tag
+define MODEL_RULES
+indexes/$(2)/$(4)/encoded/stats.json: $(call model_input,$(3)) | $(SETUP)
+	$(PY) -m pipeline encode --model $(3) --dataset $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE)
+
+indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
+	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)
+
+runs/$(2)/$(4).trec: indexes/$(2)/$(4)/lucene.json
+	$(PY) -m pipeline search --index indexes/$(2)/$(4)/lucene --dataset $(1) --queries indexes/$(2)/$(4)/encoded/queries.jsonl --run $$@ --threads $(THREADS)
+endef
+
+# $(1) dataset, $(2) its folder
 define DATASET_RULES
-indexes/$(2)/$(TAG)/encoded/stats.json: $(MODEL_INPUT) | $(SETUP)
-	$(PY) -m pipeline encode --model $(MODEL) --dataset $(1) --out indexes/$(2)/$(TAG)/encoded --batch-size $(BATCH_SIZE)
-
-indexes/$(2)/$(TAG)/lucene.json: indexes/$(2)/$(TAG)/encoded/stats.json
-	$(PY) -m pipeline index --vectors indexes/$(2)/$(TAG)/encoded/docs --out indexes/$(2)/$(TAG)/lucene --threads $(THREADS)
-
 indexes/$(2)/bm25.json: | $(SETUP)
 	$(PY) -m pipeline index --dataset $(1) --out indexes/$(2)/bm25 --threads $(THREADS)
-
-runs/$(2)/$(TAG).trec: indexes/$(2)/$(TAG)/lucene.json
-	$(PY) -m pipeline search --index indexes/$(2)/$(TAG)/lucene --dataset $(1) --queries indexes/$(2)/$(TAG)/encoded/queries.jsonl --run $$@ --threads $(THREADS)
 
 runs/$(2)/bm25.trec: indexes/$(2)/bm25.json
 	$(PY) -m pipeline search --index indexes/$(2)/bm25 --dataset $(1) --run $$@ --threads $(THREADS)
 
-runs/$(2)/$(TAG).eval.json: runs/$(2)/$(TAG).trec runs/$(2)/bm25.trec
-	$(PY) -m pipeline eval --dataset $(1) --run $(TAG)=runs/$(2)/$(TAG).trec --run bm25=runs/$(2)/bm25.trec --out $$@
+runs/$(2)/$(TAG).eval.json: $(foreach model,$(MODEL) $(COMPARE),runs/$(2)/$(call tag,$(model)).trec) runs/$(2)/bm25.trec
+	$(PY) -m pipeline eval --dataset $(1) $(foreach model,$(MODEL) $(COMPARE),--run $(call tag,$(model))=runs/$(2)/$(call tag,$(model)).trec) --run bm25=runs/$(2)/bm25.trec --out $$@
 endef
-$(foreach dataset,$(DATASETS),$(eval $(call DATASET_RULES,$(dataset),$(call slug,$(dataset)))))
+$(foreach dataset,$(sort $(DATASETS) $(NEGATIVES)),$(eval $(call DATASET_RULES,$(dataset),$(call slug,$(dataset)))))
+$(foreach dataset,$(DATASETS),$(foreach model,$(sort $(MODEL) $(COMPARE)),$(eval $(call MODEL_RULES,$(dataset),$(call slug,$(dataset)),$(model),$(call tag,$(model))))))
 
 each = $(foreach dataset,$(DATASETS),$(subst @,$(call slug,$(dataset)),$(1)))
 encode: $(call each,indexes/@/$(TAG)/encoded/stats.json)
@@ -75,6 +94,19 @@ eval: $(call each,runs/@/$(TAG).eval.json)
 
 beir-eval: $(call each,runs/@/$(TAG).eval.json)
 	$(PY) -m pipeline beir-eval $^ --out runs/beir-eval.json --markdown runs/beir-eval.md
+
+train: $(OUT)/model.safetensors
+$(OUT)/model.safetensors: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
+	$(PY) -m pipeline train --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --out $(OUT) $(TRAIN_ARGS)
+
+head-stats: $(call model_input,$(MODEL)) | $(SETUP)
+	$(PY) -m pipeline head-stats --model $(MODEL) $(if $(RESCALE),--rescale $(RESCALE))
+
+ablation: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
+	$(PY) -m pipeline ablation --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) --out runs/ablation $(ABLATION_ARGS)
+
+bench: $(call model_input,$(MODEL)) | $(SETUP)
+	$(PY) -m pipeline bench --model $(MODEL) --dataset $(firstword $(DATASETS)) --out runs/bench.json
 
 test: setup
 	$(PY) -m pytest

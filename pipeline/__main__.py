@@ -16,6 +16,23 @@ def _run_pair(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field: the config is the single list of training settings."""
+    import dataclasses
+
+    from pipeline.train import TrainConfig
+
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is dataclasses.MISSING:
+            parser.add_argument(flag, required=True)
+        elif isinstance(field.default, bool):
+            parser.add_argument(flag, action="store_true")
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type).split(" ")[0], str)
+            parser.add_argument(flag, type=kind, default=field.default)
+
+
 def _parser() -> argparse.ArgumentParser:
     threads = os.cpu_count() or 1
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
@@ -57,6 +74,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qrels", type=Path, help="TREC qrels file to use instead of the dataset's own")
     p.add_argument("--out", type=Path)
 
+    p = stages.add_parser("head-stats", help="MLM-head diagnostics before and after rescaling")
+    p.add_argument("--model", required=True)
+    p.add_argument("--rescale", default=None, help="a factor k (W <- W / k) or auto")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = stages.add_parser("train", help="train a SPLADE model (torchrun for several GPUs)")
+    _add_config_options(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+
+    p = stages.add_parser("ablation", help="inflated-head collapse ablation: 4 variants trained and evaluated")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--negatives-index", type=Path, required=True)
+    p.add_argument("--dataset", required=True, help="test set for nDCG@10 / R@100")
+    p.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    p.add_argument("--inflate", type=float, default=16)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-5)
+
+    p = stages.add_parser("bench", help="encoding and training throughput on this machine")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", default="scifact")
+    p.add_argument("--out", type=Path, default=Path("runs/bench.json"))
+    p.add_argument("--docs", type=int, default=256)
+
     p = stages.add_parser("beir-eval", help="tables of eval outputs with leaderboards -> JSON + markdown")
     p.add_argument("evaluations", type=Path, nargs="+")
     p.add_argument("--out", type=Path, default=Path("runs/beir-eval.json"))
@@ -92,6 +135,29 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.eval import evaluate
 
             evaluate(args.dataset, dict(args.runs), args.out, qrels_file=args.qrels)
+        elif args.stage == "head-stats":
+            from pipeline.head_stats import format_table, head_stats, to_json
+
+            stats = head_stats(args.model, args.rescale)
+            print(to_json(stats) if args.json else format_table(stats))
+        elif args.stage == "train":
+            import dataclasses
+
+            from pipeline.train import TrainConfig, train
+
+            names = [field.name for field in dataclasses.fields(TrainConfig)]
+            result = train(TrainConfig(**{name: getattr(args, name) for name in names}), resume=args.resume)
+            print(f"trained {result['steps']} steps in {result['seconds']:.0f} s "
+                  f"({result['steps_per_second']:.2f} steps/s); model in {result['model']}")
+        elif args.stage == "ablation":
+            from pipeline.ablation import ablation
+
+            ablation(args.model, args.data, args.negatives_index, args.dataset, args.out, inflate=args.inflate,
+                     steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        elif args.stage == "bench":
+            from pipeline.bench import bench
+
+            bench(args.model, args.dataset, args.out, docs=args.docs)
         elif args.stage == "beir-eval":
             from pipeline.beir_eval import beir_eval
 

@@ -151,19 +151,27 @@ def _qrels_tsv(path: Path) -> Iterator[tuple[str, str, int]]:
                 raise DataError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}") from None
 
 
-def read_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """A TREC qrels file: `qid iteration docid relevance` per line."""
-    qrels: dict[str, dict[str, int]] = {}
+def read_columns(path: Path, columns: dict[str, type]) -> Iterator[tuple]:
+    """Whitespace-separated records, one a line (blank lines skipped), each field converted by its type."""
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             fields = line.split()
             if not fields:
                 continue
             try:
-                qid, _, docid, relevance = fields
-                qrels.setdefault(qid, {})[docid] = int(relevance)
+                if len(fields) != len(columns):
+                    raise ValueError
+                record = tuple(kind(value) for kind, value in zip(columns.values(), fields))
             except ValueError:
-                raise DataError(f"{path}:{number}: expected 'qid iteration docid relevance', got {line.strip()!r}") from None
+                raise DataError(f"{path}:{number}: expected '{' '.join(columns)}', got {line.strip()!r}") from None
+            yield record
+
+
+def read_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """A TREC qrels file: `qid iteration docid relevance` per line."""
+    qrels: dict[str, dict[str, int]] = {}
+    for qid, _, docid, relevance in read_columns(path, {"qid": str, "iteration": str, "docid": str, "relevance": int}):
+        qrels.setdefault(qid, {})[docid] = relevance
     return qrels
 
 

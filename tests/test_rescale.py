@@ -130,3 +130,16 @@ def test_head_stats_after_rescaling_reports_both(model_path):
     stats = head_stats(model_path, "16")
     assert stats["k"] == 16 and stats["before"]["tied"] and not stats["tied"]
     assert stats["decoder_frobenius"] == pytest.approx(stats["before"]["decoder_frobenius"] / 16, rel=1e-5)
+
+
+def test_sentence_transformers_sparse_encoder_loads_a_rescaled_checkpoint(model_path, tmp_path):
+    from sentence_transformers import SparseEncoder
+
+    encoder = SpladeEncoder.load(model_path, device="cpu")
+    inflate_head(encoder.model, 16)
+    rescale_head(encoder.model, 16.0)
+    encoder.model.save_pretrained(tmp_path, encoder.tokenizer)
+    texts = ["what causes earthquakes", "Glaciers are slow rivers of ice that carve valleys in mountains."]
+    ours, _ = SpladeEncoder.load(tmp_path, device="cpu").encode(texts, 128)
+    theirs = SparseEncoder(str(tmp_path), device="cpu").encode(texts, convert_to_tensor=True).to_dense()
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)

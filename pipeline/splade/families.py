@@ -38,8 +38,13 @@ class MlmHead:
         if self.decoder.bias is not None and self.bias_alias is not None:
             # The alias becomes a frozen copy: it gets no gradient, and is refreshed before saving.
             self.decoder.bias = nn.Parameter(self.decoder.bias.detach().clone())
-            self.bias_alias(None)
+            self.freeze_bias_alias()
         model.config.tie_word_embeddings = False
+
+    def freeze_bias_alias(self) -> None:
+        """An untied head's alias gets no gradient (it is refreshed before saving)."""
+        if self.bias_alias is not None:
+            self.bias_alias(None)
 
     def sync_bias_alias(self) -> None:
         """Before saving an untied head, copy the decoder bias to its alias (a no-op when shared)."""
@@ -63,7 +68,8 @@ def _bert(model) -> MlmHead:
 
     def copy_bias(bias):
         if bias is None:
-            predictions.bias.requires_grad_(False)
+            if predictions.bias is not predictions.decoder.bias:
+                predictions.bias.requires_grad_(False)
         elif predictions.bias is not bias:
             with torch.no_grad():
                 predictions.bias.copy_(bias)

@@ -16,8 +16,49 @@ from pipeline.splade.families import mlm_head
 # The [tokens x vocabulary] logits dominate time and memory. On a CPU, projecting the unpadded tokens
 # onto 512 vocabulary entries at a time and max-pooling right away keeps each block in cache
 # (3x faster than one padded [batch, tokens, vocab] product on 2 cores, see `make bench`); a GPU
-# takes the whole vocabulary at once. Under autograd the same holds: amax's backward keeps indices.
+# takes the whole vocabulary at once.
 CPU_VOCAB_SLICE = 512
+
+
+class MaxPooledProjection(torch.autograd.Function):
+    """pooled[d, v] = max over document d's tokens of (tokens @ W.T + b)[:, v], a vocabulary slice at a time.
+
+    Only the arg-max token of each (document, term) receives gradient, so backward scatters the
+    [documents, slice] gradient into one [tokens, slice] block per slice and multiplies twice; autograd
+    through per-document slices would build a [tokens, slice] gradient per document instead, and keep
+    every slice's logits alive. At an exact tie the gradient goes to one arg-max token (amax would
+    split it); both are subgradients.
+    """
+
+    @staticmethod
+    def forward(ctx, tokens, weight, bias, spans: list[tuple[int, int]], width: int):
+        pooled, argmax = [], []
+        for start in range(0, weight.shape[0], width):
+            logits = F.linear(tokens, weight[start : start + width], None if bias is None else bias[start : start + width])
+            maxima = [logits[first:last].max(dim=0) for first, last in spans]
+            pooled.append(torch.stack([found.values for found in maxima]))
+            argmax.append(torch.stack([found.indices + first for found, (first, _) in zip(maxima, spans)]))
+        ctx.save_for_backward(tokens, weight, torch.cat(argmax, dim=1))
+        ctx.width, ctx.bias_dtype = width, None if bias is None else bias.dtype
+        return torch.cat(pooled, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tokens, weight, argmax = ctx.saved_tensors
+        want_tokens, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_tokens = torch.zeros_like(tokens) if want_tokens else None
+        grad_weight = torch.zeros_like(weight) if want_weight else None
+        for start in range(0, weight.shape[0], ctx.width):
+            block_grad = grad[:, start : start + ctx.width]
+            columns = torch.arange(block_grad.shape[1], device=grad.device).expand_as(block_grad)
+            block = torch.zeros(tokens.shape[0], block_grad.shape[1], dtype=grad.dtype, device=grad.device)
+            block.index_put_((argmax[:, start : start + ctx.width], columns), block_grad, accumulate=True)
+            if want_tokens:
+                grad_tokens += block @ weight[start : start + ctx.width].to(block.dtype)
+            if want_weight:
+                grad_weight[start : start + ctx.width] = block.T @ tokens.to(block.dtype)
+        grad_bias = grad.sum(dim=0).to(ctx.bias_dtype) if want_bias and ctx.bias_dtype is not None else None
+        return grad_tokens, grad_weight, grad_bias, None, None
 
 
 class ModelNotFoundError(PipelineError, FileNotFoundError):
@@ -28,7 +69,7 @@ class Splade(nn.Module):
     def __init__(self, mlm: nn.Module):
         super().__init__()
         self.mlm = mlm
-        mlm_head(mlm)  # fail early on an unsupported family
+        mlm_head(mlm).freeze_bias_alias()  # fails early on an unsupported family
 
     @property
     def head(self):
@@ -53,13 +94,9 @@ class Splade(nn.Module):
         tokens = head.transform(hidden[valid])  # [tokens of the whole batch, hidden], document by document
         ends = valid.sum(dim=1).cumsum(dim=0).tolist()
         spans = list(zip([0] + ends[:-1], ends))
-        weight, bias = head.decoder.weight, head.decoder.bias
-        width = weight.shape[0] if tokens.is_cuda else CPU_VOCAB_SLICE
-        pooled = []
-        for start in range(0, weight.shape[0], width):
-            logits = F.linear(tokens, weight[start : start + width], None if bias is None else bias[start : start + width])
-            pooled.append(torch.stack([logits[first:last].amax(dim=0) for first, last in spans]))
-        return torch.log1p(torch.relu(torch.cat(pooled, dim=1)))
+        width = head.decoder.weight.shape[0] if tokens.is_cuda else CPU_VOCAB_SLICE
+        pooled = MaxPooledProjection.apply(tokens, head.decoder.weight, head.decoder.bias, spans, width)
+        return torch.log1p(torch.relu(pooled))
 
 
 @dataclass

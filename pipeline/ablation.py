@@ -1,0 +1,135 @@
+"""Stage `ablation`: the collapse mechanism and its fix, offline.
+
+The default model's head is inflated by a factor (16) to imitate a large-norm backbone, then trained
+with the same budget as (a) inflated, no rescale; (b) inflated, fixed rescale by the same factor;
+(c) inflated, auto rescale; (d) not inflated, no rescale. Each variant reports its head stats at
+init, its loss and active-term curves, and nDCG@10 / R@100 of the trained model on a test set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline.encode import encode
+from pipeline.eval import evaluate
+from pipeline.files import atomic_path, write_json
+from pipeline.head_stats import SAMPLE_TEXTS, measure
+from pipeline.index import index
+from pipeline.search import search
+from pipeline.splade.model import SpladeEncoder
+from pipeline.splade.rescale import auto_factor, inflate_head, parse_rescale, rescale_head
+from pipeline.train import CollapseError, TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+def variants(inflate: float) -> list[tuple[str, float, str | None]]:
+    return [
+        ("a-inflated-no-rescale", inflate, None),
+        ("b-inflated-fixed-rescale", inflate, f"{inflate:g}"),
+        ("c-inflated-auto-rescale", inflate, "auto"),
+        ("d-not-inflated-no-rescale", 1.0, None),
+    ]
+
+
+def _init_stats(model: str, inflate: float, rescale: str | None, sample: list[str]) -> dict:
+    """Head stats of the variant's model as training starts (inflated, then rescaled)."""
+    encoder = SpladeEncoder.load(model, device="cpu")
+    if inflate != 1:
+        inflate_head(encoder.model, inflate)
+    choice, k = parse_rescale(rescale), 1.0
+    if choice is not None:
+        info = auto_factor(encoder.model, encoder.tokenizer, sample) if choice == "auto" else {}
+        k = rescale_head(encoder.model, info.get("k", choice), info=info)["k"]
+    return {**measure(encoder, SAMPLE_TEXTS), "k": k}
+
+
+def _retrieval(model_dir: Path, dataset: str, work: Path, name: str) -> dict:
+    encode(str(model_dir), dataset, work / "encoded")
+    index(work / "lucene", vectors=work / "encoded" / "docs")
+    search(work / "lucene", work / f"{name}.trec", dataset, queries=work / "encoded" / "queries.jsonl")
+    return evaluate(dataset, {name: work / f"{name}.trec"})["metrics"][name]
+
+
+def _plot(histories: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, terms_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, history in histories.items():
+        steps = [row["step"] for row in history]
+        loss_axis.plot(steps, [row["rank_loss"] for row in history], label=name)
+        terms_axis.plot(steps, [row["active_d"] for row in history], label=name)
+    loss_axis.set(xlabel="step", ylabel="ranking loss", yscale="symlog", title="loss")
+    terms_axis.set(xlabel="step", ylabel="active terms per document", yscale="log", title="active terms")
+    loss_axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as staging:
+        figure.savefig(staging, format="png", dpi=120)
+    plt.close(figure)
+
+
+def _markdown(rows: list[dict], inflate: float, config: TrainConfig, dataset: str) -> str:
+    lines = [f"# Ablation: head inflated x{inflate:g}, {config.steps} steps of {config.batch_size} queries on "
+             f"{config.data}, evaluated on {dataset}", "",
+             "| variant | inflate | rescale | k | nDCG@10 | R@100 | active terms at init | collapsed |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for row in rows:
+        metric = lambda key: "" if row[key] is None else f"{row[key]:.4f}"  # noqa: E731
+        lines.append(f"| {row['variant']} | {row['inflate']:g} | {row['rescale'] or 'none'} | {row['k']:.3g} | "
+                     f"{metric('ndcg@10')} | {metric('recall@100')} | {row['active_terms_init']:.1f} | {row['collapsed']} |")
+    lines += ["", "Head stats at init (sample texts of pipeline.head_stats):", ""]
+    keys = ["decoder_frobenius", "projection_rms", "active_terms_mean", "weight_mean", "weight_max", "flops",
+            "cosine_unrelated_mean"]
+    lines += ["| variant | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for row in rows:
+        lines.append(f"| {row['variant']} | " + " | ".join(f"{row['init'][key]:.4g}" for key in keys) + " |")
+    for row in rows:
+        if row["collapse_reason"]:
+            lines.append(f"\n{row['variant']}: {row['collapse_reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def ablation(model: str, data: str, negatives_index: Path, dataset: str, out: Path, *, inflate: float = 16,
+             steps: int = 50, batch_size: int = 8, lr: float = 5e-5) -> list[dict]:
+    """Train and evaluate the four variants under `out/`; write `out`.json, .md and .png beside it."""
+    base = TrainConfig(model=model, data=data, out="", negatives_index=str(negatives_index), steps=steps,
+                       batch_size=batch_size, lr=lr, save_every=max(1, steps // 5), flops_warmup=steps // 2)
+    rows, histories = [], {}
+    sample = None
+    for name, factor, rescale in variants(inflate):
+        work = out / name
+        config = replace(base, out=str(work / "model"), inflate=factor, rescale=rescale)
+        if sample is None:
+            from pipeline.training.examples import load_examples
+
+            sample = [e.positives[0][1] for e in load_examples(data, negatives_index=negatives_index)[:64]]
+        init = _init_stats(model, factor, rescale, sample)
+        reason = None
+        try:
+            result = train(config)
+            history = result["history"]
+        except CollapseError as err:
+            log.warning("%s: %s", name, err)
+            reason = str(err)
+            log_path = Path(config.out) / "train_log.jsonl"
+            history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+        histories[name] = history
+        trained = Path(config.out)
+        metrics = _retrieval(trained, dataset, work, name) if (trained / "model.safetensors").exists() else {}
+        rows.append({"variant": name, "inflate": factor, "rescale": rescale, "k": init["k"],
+                     "ndcg@10": metrics.get("ndcg@10"), "recall@100": metrics.get("recall@100"),
+                     "active_terms_init": init["active_terms_mean"], "collapsed": reason is not None,
+                     "collapse_reason": reason, "init": init,
+                     "final_active_terms": history[-1]["active_d"] if history else None})
+    write_json(out.with_suffix(".json"), rows)
+    with atomic_path(out.with_suffix(".md")) as staging:
+        staging.write_text(_markdown(rows, inflate, base, dataset))
+    _plot(histories, out.with_suffix(".png"))
+    print(out.with_suffix(".md").read_text())
+    return rows

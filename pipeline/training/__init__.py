@@ -1,0 +1,1 @@
+"""Pieces of the `train` stage: training examples, losses and regularizers, checkpoints."""
