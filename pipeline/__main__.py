@@ -20,7 +20,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field: the config is the single list of training settings."""
     import dataclasses
 
-    from pipeline.train import TrainConfig
+    from pipeline.training.config import TrainConfig
 
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "train":
             import dataclasses
 
-            from pipeline.train import TrainConfig, train
+            from pipeline.train import train
+            from pipeline.training.config import TrainConfig
 
             names = [field.name for field in dataclasses.fields(TrainConfig)]
             result = train(TrainConfig(**{name: getattr(args, name) for name in names}), resume=args.resume)

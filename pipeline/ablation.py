@@ -21,7 +21,8 @@ from pipeline.index import index
 from pipeline.search import search
 from pipeline.splade.model import SpladeEncoder
 from pipeline.splade.rescale import auto_factor, inflate_head, parse_rescale, rescale_head
-from pipeline.train import CollapseError, TrainConfig, train
+from pipeline.train import CollapseError, train
+from pipeline.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

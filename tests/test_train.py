@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from pipeline.data import DataError
 from pipeline.splade.model import SpladeEncoder
-from pipeline.train import CollapseError, ResumeError, TrainConfig, train
+from pipeline.train import CollapseError, ResumeError, train
+from pipeline.training.config import TrainConfig
 from pipeline.training import losses
 from pipeline.training.examples import draw_batch, from_qrels, from_tsv
 
