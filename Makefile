@@ -33,6 +33,7 @@ model_input = $(if $(filter $(DEFAULT_MODEL) $(OUT),$(1)),$(1)/model.safetensors
 slug = $(subst /,-,$(patsubst ./%,%,$(patsubst /%,%,$(patsubst %/,%,$(1)))))
 # Other models (paths or ids) whose runs `eval` puts beside MODEL's, e.g. COMPARE=models/splade-tiny.
 COMPARE ?=
+EVAL_NAME = $(TAG)$(foreach model,$(COMPARE),+$(call tag,$(model)))
 
 # Training (`make train`, `make ablation`): the model to start from, the data, the dataset whose BM25
 # index gives hard negatives, and the output folder (then `make beir-eval MODEL=$(OUT)`).
@@ -80,7 +81,7 @@ indexes/$(2)/bm25.json: | $(SETUP)
 runs/$(2)/bm25.trec: indexes/$(2)/bm25.json
 	$(PY) -m pipeline search --index indexes/$(2)/bm25 --dataset $(1) --run $$@ --threads $(THREADS)
 
-runs/$(2)/$(TAG).eval.json: $(foreach model,$(MODEL) $(COMPARE),runs/$(2)/$(call tag,$(model)).trec) runs/$(2)/bm25.trec
+runs/$(2)/$(EVAL_NAME).eval.json: $(foreach model,$(MODEL) $(COMPARE),runs/$(2)/$(call tag,$(model)).trec) runs/$(2)/bm25.trec
 	$(PY) -m pipeline eval --dataset $(1) $(foreach model,$(MODEL) $(COMPARE),--run $(call tag,$(model))=runs/$(2)/$(call tag,$(model)).trec) --run bm25=runs/$(2)/bm25.trec --out $$@
 endef
 $(foreach dataset,$(sort $(DATASETS) $(NEGATIVES)),$(eval $(call DATASET_RULES,$(dataset),$(call slug,$(dataset)))))
@@ -90,11 +91,14 @@ each = $(foreach dataset,$(DATASETS),$(subst @,$(call slug,$(dataset)),$(1)))
 encode: $(call each,indexes/@/$(TAG)/encoded/stats.json)
 index: $(call each,indexes/@/$(TAG)/lucene.json indexes/@/bm25.json)
 search: $(call each,runs/@/$(TAG).trec runs/@/bm25.trec)
-eval: $(call each,runs/@/$(TAG).eval.json)
+eval: $(call each,runs/@/$(EVAL_NAME).eval.json)
 
-beir-eval: $(call each,runs/@/$(TAG).eval.json)
+beir-eval: $(call each,runs/@/$(EVAL_NAME).eval.json)
 	$(PY) -m pipeline beir-eval $^ --out runs/beir-eval.json --markdown runs/beir-eval.md
 
+# A run that stops on a collapse publishes its last good checkpoint: Make must not delete it.
+.PRECIOUS: $(OUT)/model.safetensors
+# Make tracks files, not settings: after changing TRAIN_ARGS or TRAIN_DATA, use another OUT or delete it.
 train: $(OUT)/model.safetensors
 $(OUT)/model.safetensors: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
 	$(PY) -m pipeline train --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --out $(OUT) $(TRAIN_ARGS)

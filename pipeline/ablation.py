@@ -20,7 +20,7 @@ from pipeline.head_stats import SAMPLE_TEXTS, measure
 from pipeline.index import index
 from pipeline.search import search
 from pipeline.splade.model import SpladeEncoder
-from pipeline.splade.rescale import auto_factor, inflate_head, parse_rescale, rescale_head
+from pipeline.splade.rescale import prepare_head
 from pipeline.train import CollapseError, train
 from pipeline.training.config import TrainConfig
 
@@ -39,13 +39,8 @@ def variants(inflate: float) -> list[tuple[str, float, str | None]]:
 def _init_stats(model: str, inflate: float, rescale: str | None, sample: list[str]) -> dict:
     """Head stats of the variant's model as training starts (inflated, then rescaled)."""
     encoder = SpladeEncoder.load(model, device="cpu")
-    if inflate != 1:
-        inflate_head(encoder.model, inflate)
-    choice, k = parse_rescale(rescale), 1.0
-    if choice is not None:
-        info = auto_factor(encoder.model, encoder.tokenizer, sample) if choice == "auto" else {}
-        k = rescale_head(encoder.model, info.get("k", choice), info=info)["k"]
-    return {**measure(encoder, SAMPLE_TEXTS), "k": k}
+    record = prepare_head(encoder.model, encoder.tokenizer, inflate=inflate, rescale=rescale, sample=sample)
+    return {**measure(encoder, SAMPLE_TEXTS), "k": record["k"]}
 
 
 def _retrieval(model_dir: Path, dataset: str, work: Path, name: str) -> dict:

@@ -61,11 +61,6 @@ class Dataset:
     folder: Path | None = None
 
     @property
-    def slug(self) -> str:
-        """File-system name for outputs, e.g. `beir-scifact-test`."""
-        return self.name.strip("/").replace("/", "-") if self.folder is None else self.folder.resolve().name
-
-    @property
     def relevance_level(self) -> int:
         return 2 if self.name in GRADED else 1
 

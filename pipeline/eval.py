@@ -16,6 +16,7 @@ from ranx import evaluate as ranx_evaluate
 
 from pipeline import data, leaderboards
 from pipeline.files import write_json
+from pipeline.search import trec_order
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,19 @@ def ranx_metrics(relevance_level: int) -> dict[str, str]:
     level = f"-l{relevance_level}"
     return {"ndcg@10": "ndcg@10", "recall@100": f"recall@100{level}", "recall@1000": f"recall@1000{level}",
             "mrr@10": "mrr@10", "map": f"map{level}"}
+
+
+def read_run(path: Path, name: str) -> Run:
+    """A TREC run with its scores replaced by their rank order under trec_eval's tie-breaking, so that
+    tied scores (integer impact scores tie often) rank as trec_eval ranks them, not in an arbitrary order."""
+    hits: dict[str, list[tuple[str, float]]] = {}
+    for qid, _, docid, _, score, *_ in data.read_columns(path, {"qid": str, "q0": str, "docid": str, "rank": str,
+                                                                 "score": float, "tag": str}):
+        hits.setdefault(qid, []).append((docid, score))
+    run = Run({qid: {docid: float(len(ranking) - position) for position, (docid, _) in enumerate(trec_order(ranking))}
+               for qid, ranking in hits.items()})
+    run.name = name
+    return run
 
 
 def query_differences(qrels: dict, run: Run, name: str) -> list[str]:
@@ -55,8 +69,7 @@ def evaluate(
     names = ranx_metrics(corpus.relevance_level)
     loaded, notes = {}, []
     for name, path in runs.items():
-        run = Run.from_file(str(path), kind="trec")
-        run.name = name
+        run = read_run(path, name)
         notes += query_differences(judged, run, name)
         loaded[name] = run
     for note in notes:

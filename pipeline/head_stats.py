@@ -10,7 +10,7 @@ import torch
 
 from pipeline.splade.families import mlm_head
 from pipeline.splade.model import SpladeEncoder
-from pipeline.splade.rescale import auto_factor, parse_rescale, projection_rms, rescale_head
+from pipeline.splade.rescale import parse_rescale, prepare_head, projection_rms
 
 # Unrelated texts: a healthy SPLADE gives them few shared terms, so a low mean cosine.
 SAMPLE_TEXTS = (
@@ -72,11 +72,9 @@ def head_stats(model: str, rescale: str | float | None = None, texts: Sequence[s
     """
     encoder = SpladeEncoder.load(model, device="cpu")
     before = measure(encoder, texts)
-    choice = parse_rescale(rescale)
-    if choice is None:
+    if parse_rescale(rescale) is None:
         return {**before, "k": 1.0, "before": before}
-    info = auto_factor(encoder.model, encoder.tokenizer, texts) if choice == "auto" else {}
-    record = rescale_head(encoder.model, info["k"] if info else choice, info=info)
+    record = prepare_head(encoder.model, encoder.tokenizer, rescale=rescale, sample=texts)
     return {**measure(encoder, texts), "k": record["k"], "rescale": record, "before": before}
 
 

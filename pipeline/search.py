@@ -13,12 +13,18 @@ log = logging.getLogger(__name__)
 
 
 def write_trec(hits: lucene.Hits, path: Path, tag: str) -> None:
-    """TREC format, `qid Q0 docid rank score tag`, ranks by descending score, ties by docid."""
+    """TREC format, `qid Q0 docid rank score tag`: descending score, ties by descending docid (the
+    order in which trec_eval reads a run)."""
     with atomic_path(path) as staging, open(staging, "w") as stream:
         for qid, ranking in hits.items():
-            ranking = sorted(ranking, key=lambda hit: (-hit[1], hit[0]))
+            ranking = trec_order(ranking)
             for rank, (docid, score) in enumerate(ranking, start=1):
                 stream.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
+def trec_order(ranking: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """trec_eval's ranking: score descending, then docid descending."""
+    return sorted(sorted(ranking, key=lambda hit: hit[0], reverse=True), key=lambda hit: hit[1], reverse=True)
 
 
 def search(
@@ -40,6 +46,8 @@ def search(
     own id is dropped from its ranking, as Pyserini's `--remove-query`, one more hit fetched to keep `k`.
     """
     corpus = data.load(dataset)
+    if not any(index.glob("segments_*")):
+        raise data.DataError(f"{index}: not a Lucene index (run the index stage first)")
     remove_query = corpus.queries_are_documents
     started = time.perf_counter()
     depth = k + 1 if remove_query else k

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json
 from pipeline.splade.model import SpladeEncoder
-from pipeline.splade.rescale import auto_factor, inflate_head, parse_rescale, rescale_head
+from pipeline.splade.rescale import prepare_head
 from pipeline.training import losses
 from pipeline.training.config import TrainConfig
 from pipeline.training.examples import draw_batch, load_examples, read_teacher
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # `steps` does, through the learning-rate schedule).
 RESUMABLE = {"save_every", "out"}
 AUTO_SAMPLE = 64  # training documents on which `auto` measures the head
+MONITORED = ("loss", "rank_loss", "flops_q", "flops_d", "active_q", "active_d")
 
 
 class CollapseError(PipelineError, RuntimeError):
@@ -56,6 +57,8 @@ def _distributed() -> tuple[int, int]:
     """(rank, world size), initializing torch.distributed when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
@@ -108,16 +111,12 @@ def _prepare_model(config: TrainConfig, device: torch.device, resume_from: Path 
         encoder = SpladeEncoder.load(resume_from, device=str(device))
         return encoder, getattr(encoder.model.mlm.config, "splade_rescale", None) or {"k": 1.0}
     encoder = SpladeEncoder.load(config.model, device=str(device))
-    if config.inflate != 1:
-        inflate_head(encoder.model, config.inflate)
-    choice = parse_rescale(config.rescale)
-    if choice is None:
-        return encoder, {"k": 1.0}
-    info = auto_factor(encoder.model, encoder.tokenizer, sample) if choice == "auto" else {}
-    if info:
-        log.info("auto rescale: %s = %.4g (projection RMS %.4g, target %.4g: %s)", info["rule"], info["k"],
-                 info["projection_rms"], info["target_projection_rms"], info["target_source"])
-    return encoder, rescale_head(encoder.model, info.get("k", choice), scale_bias=config.scale_bias, info=info)
+    record = prepare_head(encoder.model, encoder.tokenizer, inflate=config.inflate, rescale=config.rescale,
+                          scale_bias=config.scale_bias, sample=sample)
+    if "rule" in record:
+        log.info("auto rescale: %s = %.4g (projection RMS %.4g, target %.4g: %s)", record["rule"], record["k"],
+                 record["projection_rms"], record["target_projection_rms"], record["target_source"])
+    return encoder, record
 
 
 def _path(value: str | None) -> Path | None:
@@ -155,18 +154,23 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
         max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))))
     start = 0
     if checkpoint is not None:
-        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True)
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if world > 1 and config.batch_size % world:
+        raise PipelineError(f"batch size {config.batch_size} does not split over {world} processes")
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if world > 1 else model)
     autocast, scaler = _autocast(config.precision, device)
     lambda_q = losses.FlopsSchedule(config.lambda_q, config.flops_warmup)
     lambda_d = losses.FlopsSchedule(config.lambda_d, config.flops_warmup)
 
     log_path = out / "train_log.jsonl"
     if rank == 0:
+        if checkpoint is None:
+            _clear_previous_run(out)
         out.mkdir(parents=True, exist_ok=True)
         kept = [line for line in (log_path.read_text().splitlines() if log_path.exists() and checkpoint else [])
                 if json.loads(line)["step"] <= start]
@@ -200,6 +204,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
             for key, value in (("loss", loss), ("rank_loss", rank_loss), ("flops_q", flops_q), ("flops_d", flops_d),
                                ("active_q", (q > 0).sum(1).float().mean()), ("active_d", (d > 0).sum(1).float().mean())):
                 record[key] += value.item() / config.grad_accum
+        if world > 1:  # every process decides on the same, global, figures
+            values = torch.tensor([record[key] for key in MONITORED], dtype=torch.float64, device=device)
+            dist.all_reduce(values)
+            record.update(zip(MONITORED, (values / world).tolist()))
         if not math.isfinite(record["loss"]):
             _stop(out, rank, last_good, f"loss is {record['loss']} at step {step + 1}")
         if scaler:
@@ -226,7 +234,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
             _stop(out, rank, last_good, f"active terms per document at {record['active_d']:.1f} of {vocab} for "
                   f"{strikes} steps (step {step + 1}); allowed {config.collapse_min_terms} to "
                   f"{config.collapse_max_fraction:.0%} of the vocabulary")
-        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+        if ((step + 1) % config.save_every == 0 or step + 1 == config.steps) and strikes == 0:
             if rank == 0:
                 last_good = _save_checkpoint(out, step + 1, encoder, optimizer, scheduler, config)
             if world > 1:
@@ -234,6 +242,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     progress.close()
     if rank == 0:
         _publish(out, last_good)
+    if world > 1:
+        dist.destroy_process_group()
     steps_done = config.steps - start
     seconds = time.perf_counter() - started
     return {"steps": steps_done, "seconds": seconds, "steps_per_second": steps_done / seconds if seconds else None,
@@ -241,13 +251,24 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
 
 
 def _publish(out: Path, checkpoint: Path | None) -> None:
-    """Copy a checkpoint's Hugging Face files into `out` itself: what `make beir-eval MODEL=out` loads."""
+    """Copy a checkpoint's Hugging Face files into `out` itself: what `make beir-eval MODEL=out` loads.
+    The weights go last: Make takes `model.safetensors` as the sign of a finished run."""
     if checkpoint is None:
         return
-    for item in checkpoint.iterdir():
-        if item.is_file() and item.name != "trainer_state.pt":
-            with atomic_path(out / item.name) as staging:
-                shutil.copy2(item, staging)
+    files = sorted((item for item in checkpoint.iterdir() if item.is_file() and item.name != "trainer_state.pt"),
+                   key=lambda item: item.name == "model.safetensors")
+    for item in files:
+        with atomic_path(out / item.name) as staging:
+            shutil.copy2(item, staging)
+
+
+def _clear_previous_run(out: Path) -> None:
+    """A fresh (not resumed) run starts from an empty output: no earlier checkpoint or model survives."""
+    if (out / "checkpoints").exists():
+        log.warning("%s: removing the checkpoints of an earlier run (use --resume to continue it)", out)
+        shutil.rmtree(out / "checkpoints")
+    for name in ("collapse.json", "model.safetensors", "train_log.jsonl"):
+        (out / name).unlink(missing_ok=True)
 
 
 def _stop(out: Path, rank: int, last_good: Path | None, reason: str) -> None:

@@ -14,15 +14,16 @@ from conftest import SHARED, write_beir_folder
 QRELS = SHARED / "qrels"
 
 
-def synthetic_run(qrels, seed=0, depth=1000, drop=()):
-    """Judged documents at random ranks among random unjudged ones, as a retrieval system gives."""
+def synthetic_run(qrels, seed=0, depth=1000, drop=(), tied=False):
+    """Judged documents at random ranks among random unjudged ones, as a retrieval system gives;
+    `tied` scores are small integers, as impact scores often tie."""
     rng = random.Random(seed)
     hits = {}
     for qid, judged in qrels.items():
         if qid in drop:
             continue
         docs = [d for d in judged if rng.random() < 0.7] + [f"unjudged-{i}" for i in range(depth)]
-        hits[qid] = [(docid, rng.random() * 10) for docid in docs[:depth]]
+        hits[qid] = [(docid, float(rng.randrange(20)) if tied else rng.random() * 10) for docid in docs[:depth]]
     return hits
 
 
@@ -31,13 +32,14 @@ def trec_eval_value(binary, args, qrels_path, run_path, measure):
     return {line.split()[0]: float(line.split()[2]) for line in out.splitlines() if line.split()[1] == "all"}[measure]
 
 
-@pytest.mark.parametrize(("qrels_name", "dataset", "depth"),
-                         [("qrels.dl19-passage.txt", "dl19", 1000), ("qrels.msmarco-passage.dev-subset.txt", "msmarco-dev", 150)])
-def test_metrics_match_trec_eval(qrels_name, dataset, depth, trec_eval, tmp_path):
+@pytest.mark.parametrize(("qrels_name", "dataset", "depth", "tied"),
+                         [("qrels.dl19-passage.txt", "dl19", 1000, False), ("qrels.dl19-passage.txt", "dl19", 1000, True),
+                          ("qrels.msmarco-passage.dev-subset.txt", "msmarco-dev", 150, True)])
+def test_metrics_match_trec_eval(qrels_name, dataset, depth, tied, trec_eval, tmp_path):
     qrels_path = QRELS / qrels_name
     qrels = read_trec_qrels(qrels_path)
     run_path = tmp_path / "run.trec"
-    write_trec(synthetic_run(qrels, depth=depth), run_path, "synthetic")
+    write_trec(synthetic_run(qrels, depth=depth, tied=tied), run_path, "synthetic")
     ours = evaluate(dataset, {"run": run_path}, qrels_file=qrels_path)["metrics"]["run"]
     level = ["-l", "2"] if dataset == "dl19" else []
     assert ours["ndcg@10"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-m", "ndcg_cut.10"], qrels_path, run_path, "ndcg_cut_10"), abs=1e-4)

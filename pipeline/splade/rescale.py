@@ -112,3 +112,16 @@ def inflate_head(model, factor: float) -> None:
     """W <- W * factor: turns a healthy head into a large-norm one, for the collapse ablation."""
     _scale_decoder(model, factor, scale_bias=False)
     model.mlm.config.splade_inflated = float(factor)
+
+
+def prepare_head(model, tokenizer, *, inflate: float = 1.0, rescale=None, scale_bias: bool = False,
+                 sample: Sequence[str] = ()) -> dict:
+    """The head as training starts: inflated (the ablation only), then rescaled as asked (`auto`
+    measuring on `sample`). Returns the rescaling record ({"k": 1.0} when not rescaled)."""
+    if inflate != 1:
+        inflate_head(model, inflate)
+    choice = parse_rescale(rescale)
+    if choice is None:
+        return {"k": 1.0}
+    info = auto_factor(model, tokenizer, sample) if choice == "auto" else {}
+    return rescale_head(model, info.get("k", choice), scale_bias=scale_bias, info=info)

@@ -9,6 +9,7 @@ Batches are drawn from (seed, step) alone, so a resumed run sees the very batche
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import random
 from dataclasses import dataclass
@@ -42,15 +43,19 @@ def from_qrels(dataset: str, negatives_index: Path, *, depth: int = 100, threads
                     dataset, len(without), len(queries), without[:3])
     kept = {qid: text for qid, text in queries.items() if qid not in set(without)}
     texts = {doc.id: doc.text for doc in corpus.docs()}
+    unknown = sorted({d for qid in kept for d in qrels[qid] if d not in texts})
+    if unknown:
+        raise DataError(f"{dataset}: {len(unknown)} judged documents are not in the corpus (e.g. {unknown[:3]})")
     hits = lucene.bm25_search(negatives_index, kept, k=depth, threads=threads, k1=0.9, b=0.4)
     examples, random_negatives = [], 0
     for qid, text in kept.items():
         judged = qrels[qid]
         positives = tuple((d, texts[d]) for d, rel in judged.items() if rel > 0)
-        negatives = tuple((d, texts[d]) for d, _ in hits.get(qid, []) if d not in judged and d in texts)
+        # A BEIR query can be a document itself (ArguAna, Quora): never its own negative.
+        negatives = tuple((d, texts[d]) for d, _ in hits.get(qid, []) if d not in judged and d != qid)
         if not negatives:  # BM25 matched only judged documents: random ones, seeded by the query
             random_negatives += 1
-            pool = [d for d in texts if d not in judged]
+            pool = [d for d in texts if d not in judged and d != qid]
             negatives = tuple((d, texts[d]) for d in random.Random(qid).sample(pool, min(depth, len(pool))))
         examples.append(Example(qid, text, positives, negatives))
     if random_negatives:
@@ -110,6 +115,13 @@ def read_teacher(path: Path) -> dict[tuple[str, str], float]:
     return {(qid, docid): score for qid, docid, score in data.read_columns(path, {"qid": str, "docid": str, "score": float})}
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, count: int) -> list[int]:
+    order = list(range(count))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
 @dataclass
 class Batch:
     queries: list[str]
@@ -125,9 +137,7 @@ def draw_batch(examples: list[Example], step: int, size: int, negatives: int, se
     picked = []
     for position in range(start, start + size):
         epoch, offset = divmod(position, len(examples))
-        order = list(range(len(examples)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        picked.append((position, examples[order[offset]]))
+        picked.append((position, examples[_epoch_order(seed, epoch, len(examples))[offset]]))
     rank, world = shard
     queries, docs, scores = [], [], []
     for position, example in picked[rank::world]:
