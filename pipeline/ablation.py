@@ -76,9 +76,9 @@ def _markdown(rows: list[dict], inflate: float, config: TrainConfig, dataset: st
              "| variant | inflate | rescale | k | nDCG@10 | R@100 | active terms at init | collapsed |",
              "|---|---:|---|---:|---:|---:|---:|---|"]
     for row in rows:
-        metric = lambda key: "" if row[key] is None else f"{row[key]:.4f}"  # noqa: E731
+        ndcg, recall = ("" if row[key] is None else f"{row[key]:.4f}" for key in ("ndcg@10", "recall@100"))
         lines.append(f"| {row['variant']} | {row['inflate']:g} | {row['rescale'] or 'none'} | {row['k']:.3g} | "
-                     f"{metric('ndcg@10')} | {metric('recall@100')} | {row['active_terms_init']:.1f} | {row['collapsed']} |")
+                     f"{ndcg} | {recall} | {row['active_terms_init']:.1f} | {row['collapsed']} |")
     lines += ["", "Head stats at init (sample texts of pipeline.head_stats):", ""]
     keys = ["decoder_frobenius", "projection_rms", "active_terms_mean", "weight_mean", "weight_max", "flops",
             "cosine_unrelated_mean"]

@@ -58,9 +58,22 @@ class ShardWriter:
             self.stream.close()
 
 
+def _jsonl_parts(path: Path) -> list[Path]:
+    return sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+
+
+def count_records(path: Path) -> int:
+    """Records of a JSON-lines file or folder, counted by line (no parsing: vectors lines are long)."""
+    total = 0
+    for part in _jsonl_parts(path):
+        with open(part, "rb") as lines:
+            total += sum(1 for line in lines if line.strip())
+    return total
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Records of a JSON-lines file, or of every *.jsonl file of a folder in name order."""
-    for part in sorted(path.glob("*.jsonl")) if path.is_dir() else [path]:
+    for part in _jsonl_parts(path):
         with open(part, encoding="utf-8") as lines:
             for line in lines:
                 yield json.loads(line)

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from pipeline.data import read_trec_qrels
-from pipeline.eval import evaluate, query_differences, ranx_metrics
+from pipeline.eval import evaluate, ranx_metrics
 from pipeline.search import write_trec
 
 from conftest import SHARED, write_beir_folder
