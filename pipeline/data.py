@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline.errors import PipelineError
+from pipeline.files import count_records
 
 # BEIR-13 as evaluated in the SPLADE and Pyserini papers; several have no `/test` split in ir_datasets.
 BEIR = {
@@ -98,8 +99,9 @@ class Dataset:
         return qrels
 
     def docs_count(self) -> int | None:
+        """The number of documents, for progress bars (a local corpus: its non-blank lines)."""
         if self.folder is not None:
-            return None
+            return count_records(self.folder / "corpus.jsonl")
         return _ir_dataset(self.name).docs_count()
 
     def _raw_docs(self) -> Iterator[tuple[str, Document]]:

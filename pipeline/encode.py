@@ -14,19 +14,20 @@ A blank query keeps its empty vector and retrieves nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
 
 from pipeline import data
-from pipeline.files import ShardWriter, atomic_path, write_json
+from pipeline.background import Sink, prefetch
+from pipeline.files import ShardWriter, atomic_path, json_line, write_json
 from pipeline.splade.model import SpladeEncoder
 
 log = logging.getLogger(__name__)
@@ -53,18 +54,36 @@ def vocabulary_terms(tokenizer, vocab_size: int) -> list[str]:
     return terms
 
 
+class Quantized(NamedTuple):
+    """The non-zero entries of quantized [batch, vocab] weights, row by row, as Python lists."""
+
+    counts: list[int]  # entries per row
+    columns: list[int]
+    values: list[int]
+
+
+def quantized_entries(weights: torch.Tensor, scale: float) -> Quantized:
+    """int(round(w * scale)) of each weight (half to even), zeros left out; computed where `weights` is
+    (a GPU sends back the few hundred entries per row, not the [batch, vocab] tensor)."""
+    quantized = torch.round(weights * scale).to(torch.int64)
+    rows, columns = quantized.nonzero(as_tuple=True)
+    counts = torch.bincount(rows, minlength=weights.shape[0])
+    return Quantized(counts.tolist(), columns.tolist(), quantized[rows, columns].tolist())
+
+
+def term_vectors(entries: Quantized, terms: list[str]) -> list[dict[str, int]]:
+    """One {term: weight} per row."""
+    vectors, start = [], 0
+    for count in entries.counts:
+        end = start + count
+        vectors.append(dict(zip([terms[column] for column in entries.columns[start:end]], entries.values[start:end])))
+        start = end
+    return vectors
+
+
 def quantize(weights: torch.Tensor, terms: list[str], scale: float) -> list[dict[str, int]]:
     """[batch, vocab] float weights -> one {term: int(round(w * scale))} per row, zeros left out."""
-    quantized = torch.round(weights * scale).to(torch.int64)
-    rows, cols = quantized.nonzero(as_tuple=True)
-    values = quantized[rows, cols].tolist()
-    counts = torch.bincount(rows, minlength=weights.shape[0]).tolist()
-    vectors, start = [], 0
-    cols = cols.tolist()
-    for count in counts:
-        vectors.append({terms[col]: value for col, value in zip(cols[start : start + count], values[start : start + count])})
-        start += count
-    return vectors
+    return term_vectors(quantized_entries(weights, scale), terms)
 
 
 @dataclass
@@ -85,24 +104,38 @@ def _batches(items: Iterable[data.Document], batch_size: int) -> Iterator[list[d
             yield window[start : start + batch_size]
 
 
+def _tokenized(encoder, batches: Iterable[list[data.Document]], max_length: int):
+    """(batch, positions of its non-blank texts, their tokens or None, truncations) per batch.
+    A blank text has no terms: its vector is empty, not the model's reading of [CLS] [SEP]."""
+    for batch in batches:
+        filled = [i for i, item in enumerate(batch) if item.text.strip()]
+        tokens, truncated = encoder.host_batch([batch[i].text for i in filled], max_length) if filled else (None, 0)
+        yield batch, filled, tokens, truncated
+
+
 def _encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write, what, total=None) -> Counts:
+    """Reading and tokenizing run ahead in one thread, the model in this one, and building and writing
+    the records behind in another (`pipeline.background`)."""
     counts, started = Counts(), time.perf_counter()
-    with tqdm(total=total, desc=f"encode {what}", unit=what) as progress:
-        for batch in _batches(texts, batch_size):
-            # A blank text has no terms: its vector is empty, not the model's reading of [CLS] [SEP].
-            filled = [i for i, item in enumerate(batch) if item.text.strip()]
-            vectors: list[dict[str, int]] = [{} for _ in batch]
-            if filled:
-                weights, truncated = encoder.encode([batch[i].text for i in filled], max_length)
-                for i, vector in zip(filled, quantize(weights, terms, scale)):
-                    vectors[i] = vector
-                counts.truncated += truncated
-            for item, vector in zip(batch, vectors):
-                counts.terms += len(vector)
-                counts.empty += not vector
-                write(item, vector)
-            counts.texts += len(batch)
-            progress.update(len(batch))
+
+    def emit(job: tuple[list[data.Document], list[int], Quantized | None]) -> None:
+        batch, filled, entries = job
+        vectors: list[dict[str, int]] = [{} for _ in batch]
+        if entries is not None:
+            for i, vector in zip(filled, term_vectors(entries, terms)):
+                vectors[i] = vector
+        for item, vector in zip(batch, vectors):
+            counts.terms += len(vector)
+            counts.empty += not vector
+            write(item, vector)
+        counts.texts += len(batch)
+        progress.update(len(batch))
+
+    with tqdm(total=total, desc=f"encode {what}", unit=what) as progress, Sink(emit) as sink:
+        for batch, filled, tokens, truncated in prefetch(_tokenized(encoder, _batches(texts, batch_size), max_length)):
+            entries = None if tokens is None else quantized_entries(encoder.weights(tokens), scale)
+            counts.truncated += truncated
+            sink.put((batch, filled, entries))
     counts.seconds = time.perf_counter() - started
     return counts
 
@@ -137,10 +170,10 @@ def encode(
         finally:
             shards.close()
         queries_in = [data.Document(qid, text) for qid, text in corpus.queries().items()]
-        with open(staging / "queries.jsonl", "w", encoding="utf-8") as stream:
+        with open(staging / "queries.jsonl", "wb") as stream:
             queries = _encode_texts(
                 encoder, queries_in, terms, max_length=max_query_length, scale=scale, batch_size=batch_size,
-                write=lambda q, v: stream.write(json.dumps({"id": q.id, "contents": q.text, "vector": v}, ensure_ascii=False) + "\n"),
+                write=lambda q, v: stream.write(json_line({"id": q.id, "contents": q.text, "vector": v})),
                 what="queries", total=len(queries_in),
             )
         stats = {

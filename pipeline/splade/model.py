@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -12,6 +12,7 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenize
 
 from pipeline.errors import PipelineError
 from pipeline.splade.families import mlm_head
+from pipeline.splade.screened_projection import ScreenedProjection
 
 # The [tokens x vocabulary] logits dominate time and memory. On a CPU, projecting the unpadded tokens
 # onto 512 vocabulary entries at a time and max-pooling right away keeps each block in cache
@@ -85,13 +86,16 @@ class Splade(nn.Module):
     def vocab_size(self) -> int:
         return self.head.decoder.out_features
 
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's last hidden states, [batch, tokens, hidden]."""
+        return self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[batch, vocab] term weights. Max-pooling precedes log(1 + relu(.)), which is monotone: the
-        same weights as pooling afterwards, with the non-linearity on [batch, vocab] only."""
+        """[batch, vocab] term weights, differentiable. Max-pooling precedes log(1 + relu(.)), which is
+        monotone: the same weights as pooling afterwards, with the non-linearity on [batch, vocab] only."""
         head = self.head
-        hidden = self.mlm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         valid = attention_mask.bool()
-        tokens = head.transform(hidden[valid])  # [tokens of the whole batch, hidden], document by document
+        tokens = head.transform(self.hidden_states(input_ids, attention_mask)[valid])  # document by document
         ends = valid.sum(dim=1).cumsum(dim=0).tolist()
         spans = list(zip([0] + ends[:-1], ends))
         width = head.decoder.weight.shape[0] if tokens.is_cuda else CPU_VOCAB_SLICE
@@ -101,11 +105,16 @@ class Splade(nn.Module):
 
 @dataclass
 class SpladeEncoder:
-    """A SPLADE model with its tokenizer: texts in, [batch, vocab] weights out."""
+    """A SPLADE model with its tokenizer: texts in, [batch, vocab] weights out.
+
+    Inference screens the vocabulary projection in low precision and rechecks candidates in fp32
+    (`ScreenedProjection`): the weights equal the fp32 model's at a fraction of the cost.
+    """
 
     model: Splade
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
+    _projection: tuple[tuple, ScreenedProjection] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, name_or_path: str | Path, *, device: str | None = None, trust_remote_code: bool = False):
@@ -124,15 +133,43 @@ class SpladeEncoder:
         except OSError as err:
             raise ModelNotFoundError(f"cannot load model {name_or_path!r}: {err}") from err
         resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(Splade(mlm).to(resolved).eval(), tokenizer, resolved)
+        # fp32 whatever dtype the checkpoint was saved in: training and the exact recheck assume it.
+        return cls(Splade(mlm).float().to(resolved).eval(), tokenizer, resolved)
 
-    def tokenize(self, texts: list[str], max_length: int):
-        """Padded tensors, plus how many texts were cut at `max_length` tokens."""
+    def host_batch(self, texts: list[str], max_length: int) -> tuple[dict[str, torch.Tensor], int]:
+        """Padded tensors on the CPU (pinned when a GPU will read them), plus how many texts were cut at
+        `max_length` tokens. Safe to call from a background thread."""
         batch = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        truncated = sum(bool(encoding.overflowing) for encoding in batch.encodings) if batch.encodings else 0
-        return batch.to(self.device), truncated
+        if batch.encodings:
+            truncated = sum(bool(encoding.overflowing) for encoding in batch.encodings)
+        else:  # a slow (Python) tokenizer says nothing of overflow: count the untruncated lengths
+            truncated = sum(len(ids) > max_length for ids in self.tokenizer(texts)["input_ids"])
+        tensors = {name: batch[name] for name in ("input_ids", "attention_mask")}
+        if self.device.type == "cuda":
+            tensors = {name: tensor.pin_memory() for name, tensor in tensors.items()}
+        return tensors, truncated
+
+    def tokenize(self, texts: list[str], max_length: int) -> tuple[dict[str, torch.Tensor], int]:
+        """`host_batch` on the model's device."""
+        batch, truncated = self.host_batch(texts, max_length)
+        return {name: tensor.to(self.device, non_blocking=True) for name, tensor in batch.items()}, truncated
+
+    def projection(self) -> ScreenedProjection:
+        """The screened projection of the current decoder (rebuilt when training has changed it)."""
+        decoder = self.model.head.decoder
+        key = tuple((p.data_ptr(), p._version) for p in (decoder.weight, decoder.bias) if p is not None)
+        if self._projection is None or self._projection[0] != key:
+            self._projection = (key, ScreenedProjection(decoder.weight, decoder.bias))
+        return self._projection[1]
 
     @torch.inference_mode()
+    def weights(self, batch) -> torch.Tensor:
+        """[batch, vocab] fp32 SPLADE weights of a tokenized batch, on the model's device."""
+        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
+        attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
+        states = self.model.head.transform(self.model.hidden_states(input_ids, attention_mask))
+        return self.projection()(states, attention_mask)
+
     def encode(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, int]:
-        batch, truncated = self.tokenize(texts, max_length)
-        return self.model(batch["input_ids"], batch["attention_mask"]).float().cpu(), truncated
+        batch, truncated = self.host_batch(texts, max_length)
+        return self.weights(batch).cpu(), truncated

@@ -1,0 +1,87 @@
+"""Overlap the steps of a stream with threads: a producer runs ahead of its consumer, and a sink
+drains behind it. Tokenizers, torch and file writes release the GIL, so reading and tokenizing the
+next batch, and quantizing and writing the last one, proceed while the model computes.
+
+An exception in a background thread is raised again in the caller, at its next exchange."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
+    """The items of `items`, computed by a background thread at most `depth` ahead of the caller."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(_DONE)
+        except BaseException as error:  # re-raised in the caller's thread
+            ready.put(_Failure(error))
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()  # the caller stopped early (or failed): let the producer end
+        worker.join()
+
+
+class Sink(Generic[T]):
+    """`consume(item)` for each item put, in order, in a background thread at most `depth` behind.
+
+    Use as a context manager: leaving it waits for every item to be consumed, and raises the first
+    error of `consume` (also raised by the `put` after it).
+    """
+
+    def __init__(self, consume: Callable[[T], None], depth: int = 4):
+        self.consume, self.pending, self.error = consume, queue.Queue(maxsize=depth), None
+        self.worker = threading.Thread(target=self._drain, name="sink", daemon=True)
+
+    def __enter__(self) -> Sink[T]:
+        self.worker.start()
+        return self
+
+    def put(self, item: T) -> None:
+        if self.error is not None:
+            raise self.error
+        self.pending.put(item)
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.pending.put(_DONE)
+        self.worker.join()
+        if self.error is not None and error is None:
+            raise self.error
+
+    def _drain(self) -> None:
+        while (item := self.pending.get()) is not _DONE:
+            if self.error is None:
+                try:
+                    self.consume(item)
+                except BaseException as error:
+                    self.error = error

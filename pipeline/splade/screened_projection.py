@@ -1,0 +1,171 @@
+"""SPLADE's max-pooled vocabulary projection at low-precision speed, with the fp32 result.
+
+`weights[d, v] = log(1 + relu(max over d's tokens t of (h_t . w_v) + b_v))` costs hidden x vocabulary
+multiply-adds per token, ~90 % of encoding. A document has a few hundred positive terms out of
+~30,000, so the product only has to find *which* (document, term) pairs can be positive:
+
+1. screen: the product in bf16 (AMX or AVX512-BF16 on a CPU, tensor cores on a GPU), tile by tile so
+   the [tokens x vocabulary] logits never exist whole, each tile max-pooled while it is in cache;
+2. bound: bf16 rounds h and w to 8 significant bits and the product to bf16, with fp32 accumulation,
+   so |screened - exact| <= eps * sum_i |h_ti| |w_vi| <= eps * ||h_t|| ||w_v|| (eps ~ 3 * 2^-8);
+   a pair is a candidate when its screened max plus that bound plus b_v is above zero;
+3. recheck: each candidate's max logit is computed again in fp32 (a few hundred terms x the
+   document's tokens): the output equals the fp32 computation, and every other weight is exactly 0.
+
+The max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16. Integer
+order is float order for non-negative floats only, and most logits are negative, so the tile is
+computed with -w: where every token's -logit is >= 0, the integer minimum is the float minimum and
+gives the max logit; where one is negative, a logit is positive and the pair is a candidate anyway.
+Where bf16 is not faster than fp32 (no AMX or AVX512-BF16), the same steps run in fp32 (int32 bits).
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Unit roundoff of each screening dtype, and the integer type its bits are read as.
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
+BITS_AS_INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
+FP32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def error_factor(dtype: torch.dtype, hidden_size: int) -> float:
+    """eps with |screened - exact fp32| <= eps * sum_i |h_i w_i| for one logit.
+
+    Inputs rounded to `dtype` (relative u each, so 2u + u^2 per product), fp32 accumulation of
+    `hidden_size` terms (gamma_K, for the screen and again for the fp32 reference), output rounded to
+    `dtype` (u, of a value at most (1 + 2u + u^2 + gamma_K) times the sum). Doubled gamma_K and a 1 %
+    margin cover the order of operations.
+    """
+    u = UNIT_ROUNDOFF[dtype]
+    gamma = hidden_size * FP32_UNIT_ROUNDOFF / (1 - hidden_size * FP32_UNIT_ROUNDOFF)
+    products = 2 * u + u * u
+    return 1.01 * (products + 2 * gamma + u * (1 + products + gamma))
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How much of the [tokens x vocabulary] product is live at once: `rows` tokens (whole documents)
+    by `terms` vocabulary entries. On a CPU a tile stays in the core's L2 cache (2048 x 512 bf16 is
+    2 MiB for both cores); a GPU needs large tiles to fill its SMs and bounds memory the same way."""
+
+    rows: int
+    terms: int
+
+
+CPU_TILING = Tiling(rows=2048, terms=512)
+CUDA_TILING = Tiling(rows=32768, terms=8192)
+
+
+def cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@functools.cache
+def screening_dtype(device_type: str) -> torch.dtype:
+    """bf16 on a GPU, and on a CPU with bf16 instructions (AMX: ~2-4x fp32's speed, AVX512-BF16: ~2x);
+    without them bf16 is emulated, ~10x slower than fp32 (both seen on our machines), so fp32.
+    Decided from the CPU's flags, not a timing: a timing on a busy machine can say anything."""
+    if device_type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if cpu_flags() & {"amx_bf16", "avx512_bf16"} else torch.float32
+
+
+class ScreenedProjection:
+    """The exact SPLADE-max weights of token states [documents, tokens, hidden] under a decoder."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype | None = None,
+                 tiling: Tiling | None = None):
+        weight = weight.detach().float()
+        device = weight.device
+        self.dtype = dtype or screening_dtype(device.type)
+        self.tiling = tiling or (CUDA_TILING if device.type == "cuda" else CPU_TILING)
+        self.weight = weight
+        self.bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.detach().float()
+        self.negated = (-weight).to(self.dtype)  # negation is exact: the bound holds for -w as for w
+        self.bound = error_factor(self.dtype, weight.shape[1]) * weight.norm(dim=1)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[documents, vocabulary] float32 weights; `mask` marks the real tokens (one at least each)."""
+        states = _padding_as_first_token(states.float(), mask.bool())
+        with _fp32_matmuls():
+            upper = self.screen(states)
+            candidates = (upper > 0).nonzero(as_tuple=True)
+            exact = self.recheck(states, *candidates)
+        weights = torch.zeros(states.shape[0], self.vocab_size, device=states.device)
+        weights[candidates] = torch.log1p(torch.relu(exact))
+        return weights
+
+    def screen(self, states: torch.Tensor) -> torch.Tensor:
+        """An upper bound of each (document, term) max logit + bias, +inf where a logit is positive."""
+        documents, length, hidden = states.shape
+        low = states.to(self.dtype)
+        bits = BITS_AS_INT[self.dtype]
+        per_tile = max(1, self.tiling.rows // length)
+        negated_min = torch.empty(documents, self.vocab_size, dtype=bits, device=states.device)
+        block = torch.empty(per_tile * length * self.tiling.terms, dtype=self.dtype, device=states.device)
+        for first in range(0, documents, per_tile):
+            tokens = low[first : first + per_tile].reshape(-1, hidden)
+            for start in range(0, self.vocab_size, self.tiling.terms):
+                negated = self.negated[start : start + self.tiling.terms]
+                logits = block[: tokens.shape[0] * negated.shape[0]].view(tokens.shape[0], negated.shape[0])
+                torch.mm(tokens, negated.T, out=logits)
+                negated_min[first : first + per_tile, start : start + negated.shape[0]] = (
+                    logits.view(bits).view(-1, length, negated.shape[0]).amin(dim=1))
+        screened_max = -negated_min.view(self.dtype).float()
+        screened_max[negated_min < 0] = torch.inf  # a positive logit (or -0.0): keep, recheck
+        norms = states.norm(dim=2).amax(dim=1)
+        return screened_max + self.bias + norms[:, None] * self.bound[None, :]
+
+    def recheck(self, states: torch.Tensor, documents: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
+        """fp32 max logit + bias of each (document, term) pair, pairs given in document order."""
+        counts = torch.bincount(documents, minlength=states.shape[0])
+        if terms.numel() == 0:
+            return torch.zeros(0, device=states.device)
+        width = int(counts.max())
+        # Each document's terms, padded to `width` with term 0 (computed, then dropped).
+        offsets = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(terms.numel(), device=states.device) - offsets[documents]
+        padded = torch.zeros(states.shape[0], width, dtype=torch.long, device=states.device)
+        padded[documents, slot] = terms
+        per_group = max(1, self.tiling.rows // states.shape[1])
+        maxima = torch.cat([
+            torch.bmm(states[first : first + per_group], self.weight[padded[first : first + per_group]].transpose(1, 2))
+            .amax(dim=1)
+            for first in range(0, states.shape[0], per_group)
+        ])
+        return maxima[documents, slot] + self.bias[terms]
+
+
+def _padding_as_first_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Padding positions take a copy of the document's first token: a max over all positions is then
+    the max over real tokens, with no masking in the tiles."""
+    return torch.where(mask.unsqueeze(-1), states, states[:, :1])
+
+
+@contextmanager
+def _fp32_matmuls():
+    """On a GPU the bound needs fp32 accumulation and the recheck true fp32, whatever TF32 or
+    reduced-precision-reduction settings the user has on."""
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_tf32 = matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved

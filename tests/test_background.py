@@ -1,0 +1,56 @@
+import threading
+
+import pytest
+
+from pipeline.background import Sink, prefetch
+
+
+def test_prefetch_keeps_order_and_runs_in_another_thread():
+    threads = []
+
+    def numbers():
+        for number in range(100):
+            threads.append(threading.current_thread())
+            yield number
+
+    assert list(prefetch(numbers(), depth=3)) == list(range(100))
+    assert all(thread is not threading.current_thread() for thread in threads)
+
+
+def test_prefetch_raises_the_producers_error_and_stops_it_when_the_caller_stops():
+    def failing():
+        yield 1
+        raise ValueError("bad line 2")
+
+    with pytest.raises(ValueError, match="bad line 2"):
+        list(prefetch(failing()))
+    produced = []
+
+    def endless():
+        number = 0
+        while True:
+            produced.append(number)
+            yield number
+            number += 1
+
+    for number in prefetch(endless(), depth=2):
+        if number == 5:
+            break
+    assert len(produced) <= 5 + 1 + 2 + 1  # stopped soon after the caller did
+
+
+def test_sink_consumes_everything_in_order_and_reports_its_error():
+    seen = []
+    with Sink(seen.append, depth=2) as sink:
+        for number in range(50):
+            sink.put(number)
+    assert seen == list(range(50))
+
+    def consume(item):
+        if item == 3:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with Sink(consume) as sink:
+            for number in range(10):
+                sink.put(number)

@@ -1,0 +1,109 @@
+"""The screened projection gives the fp32 SPLADE weights: its bound holds, its candidates cover every
+positive weight, and its output equals the plain computation, on the real model and on adversarial heads."""
+
+import pytest
+import torch
+
+from pipeline.encode import quantize, vocabulary_terms
+from pipeline.splade.screened_projection import (
+    CPU_TILING,
+    CUDA_TILING,
+    ScreenedProjection,
+    Tiling,
+    error_factor,
+    screening_dtype,
+)
+
+from conftest import DOCS, QUERIES
+
+TEXTS = [f"{title} {text}" for title, text in DOCS.values() if text.strip()] + list(QUERIES.values())
+
+
+def exact_weights(states, mask, weight, bias):
+    """SPLADE-max as written, in float64: log(1 + relu(logits)), masked, max over tokens."""
+    logits = states.double() @ weight.double().T + bias.double()
+    return torch.log1p(torch.relu(logits)).masked_fill(~mask.bool().unsqueeze(-1), 0).amax(dim=1)
+
+
+def random_case(seed, *, documents=5, length=9, hidden=32, vocab=1000, shift=0.0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    states = torch.randn(documents, length, hidden, generator=generator) * 3
+    weight = torch.randn(vocab, hidden, generator=generator) * 0.2 * scale
+    bias = torch.randn(vocab, generator=generator) * 0.5 + shift
+    mask = torch.ones(documents, length, dtype=torch.long)
+    for document in range(documents):
+        mask[document, 1 + document * 2 % length :] = 0
+    return states, mask, weight, bias
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("shift", "scale"), [(0.0, 1.0), (-1.0, 16.0), (2.0, 1.0), (0.0, 0.01)],
+                         ids=["plain", "inflated", "dense", "tiny-logits"])
+def test_screen_bounds_every_max_logit_and_the_output_is_exact(dtype, shift, scale):
+    states, mask, weight, bias = random_case(0, shift=shift, scale=scale)
+    projection = ScreenedProjection(weight, bias, dtype=dtype)
+    padded = torch.where(mask.bool().unsqueeze(-1), states, states[:, :1])
+    exact_max = (padded.double() @ weight.double().T).amax(dim=1) + bias.double()
+    assert (projection.screen(padded).double() >= exact_max).all()
+    ours = projection(states, mask)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_the_bound_is_what_low_precision_rounding_can_do():
+    """Rounding inputs and output to bf16 moves a logit by up to ~3 units in the 8th bit of sum |h w|."""
+    states, _, weight, _ = random_case(1, hidden=64)
+    tokens = states.reshape(-1, 64)
+    low = (tokens.bfloat16() @ weight.bfloat16().T).double()
+    exact = tokens.double() @ weight.double().T
+    worst = ((low - exact).abs() / (tokens.abs().double() @ weight.abs().double().T)).max().item()
+    assert 0 < worst <= error_factor(torch.bfloat16, 64) < 4 * 2.0**-8
+    assert error_factor(torch.float32, 64) < 1e-5
+
+
+@pytest.mark.parametrize("tiling", [Tiling(rows=3, terms=7), Tiling(rows=20, terms=999), CPU_TILING, CUDA_TILING],
+                         ids=["tiny", "ragged", "cpu", "cuda"])
+def test_tiling_does_not_change_the_weights(tiling):
+    """Tiles smaller than a document, ragged edges, and the GPU's large tiles (run here on the CPU)."""
+    states, mask, weight, bias = random_case(2, documents=7, length=11, vocab=2000)
+    reference = ScreenedProjection(weight, bias, dtype=torch.float32)(states, mask)
+    torch.testing.assert_close(ScreenedProjection(weight, bias, tiling=tiling)(states, mask), reference)
+
+
+def test_no_candidates_and_no_bias():
+    states, mask, weight, _ = random_case(3)
+    projection = ScreenedProjection(weight, torch.full((weight.shape[0],), -1e4))
+    assert not projection(states, mask).any()
+    torch.testing.assert_close(ScreenedProjection(weight, None)(states, mask).double(),
+                               exact_weights(states, mask, weight, torch.zeros(weight.shape[0])), rtol=1e-5, atol=1e-5)
+
+
+def test_real_model_weights_equal_the_plain_fp32_computation(encoder):
+    """Every quantized weight equals the plain SPLADE-max of the fp32 model (full logits, masked max)."""
+    terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
+    batch, _ = encoder.tokenize(TEXTS, max_length=256)
+    with torch.inference_mode():
+        ours = encoder.weights(batch)
+        logits = encoder.model.mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = (torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)).amax(dim=1)
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-6)
+    assert quantize(ours, terms, 100) == quantize(plain, terms, 100)
+    assert (ours > 0).sum(dim=1).min() > 10
+
+
+def test_screening_dtype_follows_the_cpu():
+    from pipeline.splade.screened_projection import cpu_flags
+
+    expected = torch.bfloat16 if cpu_flags() & {"amx_bf16", "avx512_bf16"} else torch.float32
+    assert screening_dtype("cpu") == expected
+    assert screening_dtype("cuda") == torch.bfloat16
+
+
+def test_the_projection_follows_training_updates(encoder):
+    """A changed decoder gives a new projection (training then evaluating in one process)."""
+    decoder = encoder.model.head.decoder
+    first = encoder.projection()
+    assert encoder.projection() is first
+    with torch.no_grad():
+        decoder.bias.add_(0.0)
+    assert encoder.projection() is not first
