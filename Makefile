@@ -110,7 +110,7 @@ ablation: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.jso
 	$(PY) -m pipeline ablation --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) --out runs/ablation $(ABLATION_ARGS)
 
 bench: $(call model_input,$(MODEL)) | $(SETUP)
-	$(PY) -m pipeline bench --model $(MODEL) --dataset $(firstword $(DATASETS)) --out runs/bench.json
+	$(PY) -m pipeline bench --model $(MODEL) --dataset $(firstword $(DATASETS)) --out runs/bench.json --markdown runs/bench.md
 
 test: setup
 	$(PY) -m pytest

@@ -94,11 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-5)
 
-    p = stages.add_parser("bench", help="encoding and training throughput on this machine")
+    p = stages.add_parser("bench", help="encoding speed, memory and exactness, ours beside the peers")
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default="scifact")
     p.add_argument("--out", type=Path, default=Path("runs/bench.json"))
-    p.add_argument("--docs", type=int, default=256)
+    p.add_argument("--markdown", type=Path, default=Path("runs/bench.md"))
+    p.add_argument("--docs", type=int, default=1000, help="documents each encoder encodes")
+    p.add_argument("--replicas", type=int, default=8, help="copies of the corpus for the flat-memory check")
 
     p = stages.add_parser("beir-eval", help="tables of eval outputs with leaderboards -> JSON + markdown")
     p.add_argument("evaluations", type=Path, nargs="+")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "bench":
             from pipeline.bench import bench
 
-            bench(args.model, args.dataset, args.out, docs=args.docs)
+            bench(args.model, args.dataset, args.out, args.markdown, docs=args.docs, replicas=args.replicas)
         elif args.stage == "beir-eval":
             from pipeline.beir_eval import beir_eval
 

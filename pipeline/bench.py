@@ -1,56 +1,198 @@
-"""Stage `bench`: throughput on this machine (speed goals live here, not in timed tests).
+"""Stage `bench`: encoding speed, memory and exactness on this machine, ours beside the peers in one run
+(speed goals live here, not in timed tests). Writes `runs/bench.json` and `runs/bench.md`.
 
-- encode: documents/s of the pooled projection (unpadded tokens, vocabulary slices) against the
-  plain reference (the MLM's full [batch, tokens, vocab] logits, masked max);
-- train: forward + backward steps/s of a SPLADE training batch.
+- encoders: ours, sentence-transformers, Pyserini and the plain fp32 reference on the same texts
+  (`pipeline.peer_encoders`), each in its own process: docs/s, peak RSS, ratios;
+- exactness: our weights against the reference's (differing quantized entries, max float difference);
+- roofline: this machine's GEMM throughput in fp32 / bf16 / int8 (`pipeline.roofline`), and our
+  screened projection's rate as a fraction of the best;
+- the encode stage as a user runs it (`python -m pipeline encode`, model load included) on the dataset
+  and on the dataset replicated `replicas` times: wall time and peak RSS (memory must stay flat);
+- training: forward + backward steps/s of a SPLADE batch;
+- GPU (when CUDA is available): ours against sentence-transformers on SPLADE-tiny and a random
+  BERT-base-size MLM (the FLOPs of SPLADE-v3), passages of at most 128 tokens.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from pipeline import data
-from pipeline.files import write_json
+from pipeline import data, peer_encoders, roofline
+from pipeline.files import atomic_path, write_json
 from pipeline.splade.model import SpladeEncoder
 from pipeline.training import losses
 
-
-def _reference(encoder: SpladeEncoder, batch) -> torch.Tensor:
-    logits = encoder.model.mlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return (torch.log1p(torch.relu(logits)) * batch["attention_mask"].unsqueeze(-1)).amax(dim=1)
+SCALE = 100
 
 
-def _rate(count: int, seconds: float) -> float:
-    return count / seconds if seconds else float("inf")
+def compare(ours: peer_encoders.Weights, reference: peer_encoders.Weights) -> dict:
+    """Entries whose quantized weight differs (missing or extra included), and the largest float gap."""
+    differing, largest, entries = 0, 0.0, 0
+    for mine, theirs in zip(ours, reference):
+        for term in mine.keys() | theirs.keys():
+            a, b = mine.get(term, 0.0), theirs.get(term, 0.0)
+            entries += round(b * SCALE) != 0
+            differing += round(a * SCALE) != round(b * SCALE)
+            largest = max(largest, abs(a - b))
+    return {"reference_nonzero_entries": entries, "differing_quantized_entries": differing, "max_float_difference": largest}
 
 
-def bench(model: str, dataset: str, out, *, docs: int = 256, batch_size: int = 32, max_length: int = 256) -> dict:
+def projection_rate(model: str, texts: list[str], *, max_length: int, batch_size: int) -> dict:
+    """GFLOP/s of our screened projection alone: the dense projection's FLOPs over the real tokens
+    (2 x tokens x hidden x vocabulary) per second spent in it, states computed beforehand."""
     encoder = SpladeEncoder.load(model, device="cpu")
-    texts = sorted((doc.text for doc in itertools.islice(data.load(dataset).docs(), docs)), key=len, reverse=True)
-    batches = [encoder.tokenize(texts[i : i + batch_size], max_length)[0] for i in range(0, len(texts), batch_size)]
-    results = {"model": model, "dataset": dataset, "docs": len(texts), "batch_size": batch_size,
-               "max_length": max_length, "threads": torch.get_num_threads()}
+    projection, flops, seconds = encoder.projection(), 0, 0.0
     with torch.inference_mode():
-        for name, forward in (("pooled", lambda b: encoder.model(b["input_ids"], b["attention_mask"])),
-                              ("reference", lambda b: _reference(encoder, b))):
-            forward(batches[0])  # warm-up
+        for start in range(0, len(texts), batch_size):
+            batch, _ = encoder.tokenize(texts[start : start + batch_size], max_length)
+            states = encoder.model.head.transform(encoder.model.hidden_states(batch["input_ids"], batch["attention_mask"]))
+            projection(states, batch["attention_mask"])  # warm-up at this shape
             started = time.perf_counter()
-            for batch in batches:
-                forward(batch)
-            results[f"encode_{name}_docs_per_second"] = _rate(len(texts), time.perf_counter() - started)
-    model_ = encoder.model.train()
+            projection(states, batch["attention_mask"])
+            seconds += time.perf_counter() - started
+            flops += 2 * int(batch["attention_mask"].sum()) * states.shape[-1] * projection.vocab_size
+    return {"screening_dtype": str(projection.dtype).removeprefix("torch."), "projection_gflops": flops / seconds / 1e9,
+            "projection_flops": flops}
+
+
+def replicated_folder(dataset: str, replicas: int, folder: Path) -> Path:
+    """`dataset` as a BEIR folder with its corpus `replicas` times (ids suffixed -rN), built once."""
+    if (folder / "qrels" / "test.tsv").is_file():
+        return folder
+    corpus = data.load(dataset)
+    with atomic_path(folder, directory=True) as staging:
+        (staging / "qrels").mkdir()
+        with open(staging / "corpus.jsonl", "w", encoding="utf-8") as out:
+            for replica in range(replicas):
+                for doc in corpus.docs():
+                    out.write(json.dumps({"_id": f"{doc.id}-r{replica}", "title": "", "text": doc.text}) + "\n")
+        with open(staging / "queries.jsonl", "w", encoding="utf-8") as out:
+            for qid, text in corpus.queries().items():
+                out.write(json.dumps({"_id": qid, "text": text}) + "\n")
+        with open(staging / "qrels" / "test.tsv", "w", encoding="utf-8") as out:
+            out.write("query-id\tcorpus-id\tscore\n")
+            for qid, judged in corpus.qrels().items():
+                out.writelines(f"{qid}\t{docid}-r0\t{grade}\n" for docid, grade in judged.items())
+    return folder
+
+
+def encode_stage(model: str, dataset: str, out: Path) -> dict:
+    """`python -m pipeline encode` as a user runs it: wall time (model load included) and peak RSS."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "encode", "--model", model, "--dataset", dataset,
+                                "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"encode of {dataset} failed with status {status}")
+    stats = json.loads((out / "stats.json").read_text())
+    return {"dataset": dataset, "docs": stats["docs"]["texts"], "wall_seconds": time.perf_counter() - started,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "docs_per_second": stats["docs_per_second"]}
+
+
+def training_rate(model: str, texts: list[str]) -> float:
+    encoder = SpladeEncoder.load(model, device="cpu")
+    splade = encoder.model.train()
+    texts = list(itertools.islice(itertools.cycle(texts), 16))
     queries, _ = encoder.tokenize([text[:200] for text in texts[:8]], 64)
-    documents, _ = encoder.tokenize(texts[:16], 128)
+    documents, _ = encoder.tokenize(texts, 128)
     steps, started = 3, time.perf_counter()
     for _ in range(steps):
-        q = model_(queries["input_ids"], queries["attention_mask"])
-        d = model_(documents["input_ids"], documents["attention_mask"])
+        q = splade(queries["input_ids"], queries["attention_mask"])
+        d = splade(documents["input_ids"], documents["attention_mask"])
         (losses.info_nce(q, d, 2) + 0.01 * losses.flops(d)).backward()
-    results["train_steps_per_second_8q_16d_128tok"] = _rate(steps, time.perf_counter() - started)
+    return steps / (time.perf_counter() - started)
+
+
+def gpu_section(model: str, texts: list[str], work: Path) -> dict:
+    """docs/s on the GPU, ours and sentence-transformers, for `model` and a random BERT-base MLM."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    base = work / "bert-base-random"
+    if not (base / "config.json").is_file():
+        torch.manual_seed(0)
+        BertForMaskedLM(BertConfig()).save_pretrained(str(base))  # bert-base-uncased's shape
+        AutoTokenizer.from_pretrained(model).save_pretrained(str(base))
+    passages = list(itertools.islice(itertools.cycle(texts), 20_000))
+    section = {"device": torch.cuda.get_device_name(), "passages": len(passages), "max_length": 128}
+    for name, path in (("splade-tiny", model), ("bert-base", str(base))):
+        rates = {peer: peer_encoders.run_isolated(peer, path, passages, max_length=128, batch_size=256,
+                                                  device="cuda")["docs_per_second"]
+                 for peer in ("ours", "sentence-transformers")}
+        section[name] = {**rates, "ratio": rates["ours"] / rates["sentence-transformers"]}
+    return section
+
+
+def bench(model: str, dataset: str, out: Path, markdown: Path, *, docs: int = 1000, replicas: int = 8,
+          batch_size: int = 32, max_length: int = 256) -> dict:
+    texts = [doc.text for doc in itertools.islice(data.load(dataset).docs(), docs)]
+    work = out.parent / "bench"
+    results: dict = {"model": model, "dataset": dataset, "docs": len(texts), "max_length": max_length,
+                     "batch_size": batch_size, "threads": torch.get_num_threads(), "encoders": {}}
+    weights = {}
+    for name in peer_encoders.ENCODERS:
+        run = peer_encoders.run_isolated(name, model, texts, max_length=max_length, batch_size=batch_size, device="cpu")
+        weights[name] = run.pop("weights")
+        results["encoders"][name] = run
+        print(f"{name:24} {run['docs_per_second']:8.1f} docs/s  peak RSS {run['peak_rss_mb']:6.0f} MB", flush=True)
+    ours = results["encoders"]["ours"]["docs_per_second"]
+    results["speedup"] = {name: ours / run["docs_per_second"] for name, run in results["encoders"].items() if name != "ours"}
+    results["exactness"] = compare(weights["ours"], weights["reference"])
+    results["roofline"] = roofline.measure()
+    results["projection"] = projection_rate(model, texts, max_length=max_length, batch_size=batch_size)
+    results["projection"]["fraction_of_best_gemm"] = results["projection"]["projection_gflops"] / results["roofline"]["best_gflops"]
+    results["encode_stage"] = [
+        encode_stage(model, dataset, work / "encoded-1x"),
+        encode_stage(model, str(replicated_folder(dataset, replicas, work / f"{data.load(dataset).name.replace('/', '-')}-x{replicas}")),
+                     work / f"encoded-{replicas}x"),
+    ]
+    results["train_steps_per_second_8q_16d_128tok"] = training_rate(model, texts)
+    if torch.cuda.is_available():
+        results["gpu"] = gpu_section(model, texts, work)
     write_json(out, results)
-    for key, value in results.items():
-        print(f"{key:40} {value:.2f}" if isinstance(value, float) else f"{key:40} {value}")
+    with atomic_path(markdown) as staging:
+        staging.write_text(format_markdown(results))
+    print(format_markdown(results))
     return results
+
+
+def format_markdown(results: dict) -> str:
+    roof, projection, exact = results["roofline"], results["projection"], results["exactness"]
+    lines = [
+        f"# Encoding benchmark: {results['model']} on {results['docs']} {results['dataset']} documents",
+        f"max length {results['max_length']}, batches of {results['batch_size']}, {results['threads']} threads, "
+        f"CPU capability {roof['cpu_capability']}",
+        "", "| encoder | docs/s | peak RSS (MB) | ours is |", "|---|---|---|---|",
+    ]
+    for name, run in results["encoders"].items():
+        ratio = "" if name == "ours" else f"{results['speedup'][name]:.1f}x faster"
+        lines.append(f"| {name} | {run['docs_per_second']:.1f} | {run['peak_rss_mb']:.0f} | {ratio} |")
+    lines += [
+        "", f"Exactness against the reference: {exact['differing_quantized_entries']} of "
+        f"{exact['reference_nonzero_entries']} quantized entries differ; max float difference {exact['max_float_difference']:.2e}.",
+        "", "| GEMM GFLOP/s | " + " | ".join(roofline.SHAPES) + " |", "|---|" + "---|" * len(roofline.SHAPES),
+    ]
+    lines += [f"| {dtype} | " + " | ".join(f"{rate:.0f}" for rate in rates.values()) + " |"
+              for dtype, rates in roof["gflops"].items()]
+    lines += [
+        "", f"Screened projection ({projection['screening_dtype']} screen): {projection['projection_gflops']:.0f} GFLOP/s, "
+        f"{100 * projection['fraction_of_best_gemm']:.0f} % of the best measured GEMM ({roof['best_gflops']:.0f}, {roof['best_at']}).",
+        "", "| encode stage | docs | wall s | docs/s | peak RSS (MB) |", "|---|---|---|---|---|",
+    ]
+    lines += [f"| {run['dataset']} | {run['docs']} | {run['wall_seconds']:.1f} | {run['docs_per_second']:.1f} | {run['peak_rss_mb']:.0f} |"
+              for run in results["encode_stage"]]
+    lines += ["", f"Training: {results['train_steps_per_second_8q_16d_128tok']:.2f} steps/s (8 queries, 16 docs, 128 tokens)."]
+    if "gpu" in results:
+        gpu = results["gpu"]
+        lines += ["", f"GPU {gpu['device']}, {gpu['passages']} passages, max length {gpu['max_length']}:", "",
+                  "| model | ours docs/s | sentence-transformers docs/s | ratio |", "|---|---|---|---|"]
+        lines += [f"| {name} | {gpu[name]['ours']:.0f} | {gpu[name]['sentence-transformers']:.0f} | {gpu[name]['ratio']:.1f}x |"
+                  for name in ("splade-tiny", "bert-base")]
+    return "\n".join(lines) + "\n"

@@ -113,7 +113,7 @@ def _tokenized(encoder, batches: Iterable[list[data.Document]], max_length: int)
         yield batch, filled, tokens, truncated
 
 
-def _encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write, what, total=None) -> Counts:
+def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write, what, total=None) -> Counts:
     """Reading and tokenizing run ahead in one thread, the model in this one, and building and writing
     the records behind in another (`pipeline.background`)."""
     counts, started = Counts(), time.perf_counter()
@@ -163,7 +163,7 @@ def encode(
             shards.write({"id": doc.id, "contents": doc.text, "vector": vector or {EMPTY_VECTOR_TERM: 1}})
 
         try:
-            docs = _encode_texts(
+            docs = encode_texts(
                 encoder, corpus.docs(), terms, max_length=max_doc_length, scale=scale, batch_size=batch_size,
                 write=write_doc, what="docs", total=corpus.docs_count(),
             )
@@ -171,7 +171,7 @@ def encode(
             shards.close()
         queries_in = [data.Document(qid, text) for qid, text in corpus.queries().items()]
         with open(staging / "queries.jsonl", "wb") as stream:
-            queries = _encode_texts(
+            queries = encode_texts(
                 encoder, queries_in, terms, max_length=max_query_length, scale=scale, batch_size=batch_size,
                 write=lambda q, v: stream.write(json_line({"id": q.id, "contents": q.text, "vector": v})),
                 what="queries", total=len(queries_in),

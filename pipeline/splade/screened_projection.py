@@ -59,6 +59,7 @@ class Tiling:
 
 
 CPU_TILING = Tiling(rows=2048, terms=512)
+LENGTH_MULTIPLE = 32
 CUDA_TILING = Tiling(rows=32768, terms=8192)
 
 
@@ -154,8 +155,12 @@ class ScreenedProjection:
 
 def _padding_as_first_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Padding positions take a copy of the document's first token: a max over all positions is then
-    the max over real tokens, with no masking in the tiles."""
-    return torch.where(mask.unsqueeze(-1), states, states[:, :1])
+    the max over real tokens, with no masking in the tiles. The length is padded to a multiple of
+    LENGTH_MULTIPLE the same way, so that a corpus meets a few tile shapes (oneDNN compiles a kernel
+    for each new shape, ~25 ms here) instead of one per length."""
+    states = torch.where(mask.unsqueeze(-1), states, states[:, :1])
+    extra = -states.shape[1] % LENGTH_MULTIPLE
+    return torch.cat([states, states[:, :1].expand(-1, extra, -1)], dim=1) if extra else states
 
 
 @contextmanager
