@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-doc-length", type=int, default=256)
     p.add_argument("--max-query-length", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--part-size", type=int, default=10_000, help="documents per part (the unit of resuming)")
+    p.add_argument("--shard", help="i/N: encode only the parts of shard i of N (then run without it to finish)")
+    p.add_argument("--fresh", action="store_true", help="delete earlier parts in --out and start again")
     p.add_argument("--device", default=None)
 
     p = stages.add_parser("index", help="Lucene impact index of vectors, or BM25 index of a dataset")
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.encode import encode
 
             encode(args.model, args.dataset, args.out, scale=args.scale, max_doc_length=args.max_doc_length,
-                   max_query_length=args.max_query_length, batch_size=args.batch_size, device=args.device)
+                   max_query_length=args.max_query_length, batch_size=args.batch_size, part_size=args.part_size,
+                   shard=args.shard, fresh=args.fresh, device=args.device)
         elif args.stage == "index":
             from pipeline.index import index
 

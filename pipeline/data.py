@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -72,10 +73,11 @@ class Dataset:
         Cranfield) query and document ids overlap by coincidence only."""
         return self.folder is not None or self.name.startswith("beir/")
 
-    def docs(self) -> Iterator[Document]:
-        """Every document, in corpus order; raises DataError on a malformed line or a repeated id."""
+    def docs(self, start: int = 0, stop: int | None = None) -> Iterator[Document]:
+        """The documents from position `start` to `stop` (all by default), in corpus order; raises
+        DataError on a malformed line or an id repeated within them."""
         seen: dict[str, str] = {}
-        for where, doc in self._raw_docs():
+        for where, doc in self._raw_docs(start, stop):
             if doc.id in seen:
                 raise DataError(f"{where}: duplicate document id {doc.id!r} (first at {seen[doc.id]})")
             seen[doc.id] = where
@@ -104,13 +106,14 @@ class Dataset:
             return count_records(self.folder / "corpus.jsonl")
         return _ir_dataset(self.name).docs_count()
 
-    def _raw_docs(self) -> Iterator[tuple[str, Document]]:
+    def _raw_docs(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, Document]]:
         if self.folder is not None:
             path = self.folder / "corpus.jsonl"
-            for where, row in _jsonl(path, ("_id",)):
+            for where, row in islice(_jsonl(path, ("_id",)), start, stop):
                 yield where, Document(str(row["_id"]), _join(row.get("title"), row.get("text")))
             return
-        for position, doc in enumerate(_ir_dataset(self.name).docs_iter(), start=1):
+        docs = _ir_dataset(self.name).docs_iter()[start:stop]  # a docstore seeks, not reads, to `start`
+        for position, doc in enumerate(docs, start=start + 1):
             yield f"{self.name} document #{position}", Document(doc.doc_id, _join(getattr(doc, "title", None), doc.text))
 
 

@@ -1,7 +1,9 @@
 """Stage `encode`: a dataset's corpus and queries -> SPLADE impact vectors in Anserini's formats.
 
-Output folder:
-  docs/part-NNNNN.jsonl   JsonVectorCollection: {"id", "contents", "vector": {term: int}}
+Output folder (resumable parts, `pipeline.parts`):
+  docs/part-NNNNN.jsonl   JsonVectorCollection: {"id", "contents", "vector": {term: int}}, part_size
+                          documents each, in corpus order of parts
+  settings.json, done/, manifest.json   what the parts come from, each part's record, all of them
   queries.jsonl           the same record per query (its text in "contents")
   stats.json              counts, truncations, empty vectors, timing (written last)
 
@@ -14,6 +16,7 @@ A blank query keeps its empty vector and retrieves nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -27,7 +30,9 @@ from tqdm import tqdm
 
 from pipeline import data
 from pipeline.background import Sink, prefetch
-from pipeline.files import ShardWriter, atomic_path, json_line, write_json
+from pipeline.files import atomic_path, json_line, write_json
+from pipeline.parts import PartStore, Plan
+from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
 
 log = logging.getLogger(__name__)
@@ -140,6 +145,22 @@ def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write,
     return counts
 
 
+def _corpus_fingerprint(corpus: data.Dataset) -> dict:
+    if corpus.folder is None:
+        return {"ir_datasets": corpus.name}
+    source = (corpus.folder / "corpus.jsonl").resolve()
+    return {"file": str(source), "bytes": source.stat().st_size, "modified_ns": source.stat().st_mtime_ns}
+
+
+def _model_fingerprint(model: str) -> dict:
+    """sha256 of a local model's config and weights (a few seconds at most); a hub id as given."""
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        return {"hub_id": model}
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files}
+
+
 def encode(
     model: str,
     dataset: str,
@@ -149,42 +170,88 @@ def encode(
     max_doc_length: int = 256,
     max_query_length: int = 64,
     batch_size: int = 32,
-    shard_size: int = 100_000,
+    part_size: int = 10_000,
+    shard: str | None = None,
+    fresh: bool = False,
     device: str | None = None,
-) -> dict:
-    """Encode `dataset`'s documents and queries with SPLADE `model` into the folder `out`."""
+) -> dict | None:
+    """Encode `dataset`'s documents and queries with SPLADE `model` into the folder `out`.
+
+    Documents go in parts of `part_size` (`pipeline.parts`): a killed run continues from its last
+    complete part. Under torchrun each rank encodes the parts i with i % world == rank and rank 0
+    finishes; with `shard` ("i/N") this process encodes its parts and stops, and a run without
+    `shard` then verifies the parts and finishes. Finishing verifies every part, encodes the queries
+    and writes `stats.json` last. Returns the stats (None for a shard that does not finish)."""
     corpus = data.load(dataset)
-    encoder = SpladeEncoder.load(model, device=device)
-    terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
-    with atomic_path(out, directory=True) as staging:
-        shards = ShardWriter(staging / "docs", shard_size)
+    ranks = join(shard)
+    try:
+        resolved = torch.device(device) if device else ranks.device
+        plan = Plan(corpus.docs_count(), part_size)
+        store = PartStore(out, {
+            "corpus": corpus.name, "corpus_source": _corpus_fingerprint(corpus), "model": model,
+            "model_files": _model_fingerprint(model), "device": resolved.type, "scale": float(scale),
+            "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
+        })
+        if ranks.rank == 0:
+            store.open(fresh=fresh)
+        ranks.barrier()
+        if ranks.rank != 0:
+            store.open()
+        todo = [part for part in plan.of_rank(ranks.rank, ranks.world) if not store.complete(part)]
+        encoder, terms = None, None
+        if todo:
+            log.info("rank %d/%d: %d parts of %d documents to encode", ranks.rank, ranks.world, len(todo), part_size)
+            encoder = SpladeEncoder.load(model, device=str(resolved))
+            terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
+        for part in todo:
+            span = plan.span(part)
+            with store.writer(part, span) as writer:
+                counts = encode_texts(
+                    encoder, corpus.docs(*span), terms, max_length=max_doc_length, scale=scale, batch_size=batch_size,
+                    write=lambda doc, vector: writer.add(
+                        {"id": doc.id, "contents": doc.text, "vector": vector or {EMPTY_VECTOR_TERM: 1}}),
+                    what=f"docs, part {part + 1}/{plan.parts}", total=span[1] - span[0],
+                )
+                writer.extra = {"counts": asdict(counts)}
+        ranks.barrier()
+        if ranks.rank != 0 or (shard is not None and ranks.world > 1):
+            if shard is not None:
+                log.info("shard %s done; run again without --shard to verify all parts and finish", shard)
+            return None
+        if encoder is None:
+            encoder = SpladeEncoder.load(model, device=str(resolved))
+            terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
+        return _finish(store, plan, corpus, encoder, terms, scale=scale, max_query_length=max_query_length,
+                       max_doc_length=max_doc_length, batch_size=batch_size, model=model)
+    finally:
+        ranks.close()
 
-        def write_doc(doc, vector):
-            shards.write({"id": doc.id, "contents": doc.text, "vector": vector or {EMPTY_VECTOR_TERM: 1}})
 
-        try:
-            docs = encode_texts(
-                encoder, corpus.docs(), terms, max_length=max_doc_length, scale=scale, batch_size=batch_size,
-                write=write_doc, what="docs", total=corpus.docs_count(),
-            )
-        finally:
-            shards.close()
-        queries_in = [data.Document(qid, text) for qid, text in corpus.queries().items()]
-        with open(staging / "queries.jsonl", "wb") as stream:
-            queries = encode_texts(
-                encoder, queries_in, terms, max_length=max_query_length, scale=scale, batch_size=batch_size,
-                write=lambda q, v: stream.write(json_line({"id": q.id, "contents": q.text, "vector": v})),
-                what="queries", total=len(queries_in),
-            )
-        stats = {
-            "model": model, "dataset": corpus.name, "scale": scale, "empty_vector_term": EMPTY_VECTOR_TERM,
-            "max_doc_length": max_doc_length, "max_query_length": max_query_length,
-            "docs": asdict(docs), "queries": asdict(queries),
-            "docs_per_second": docs.texts / docs.seconds if docs.seconds else None,
-            "mean_terms_per_doc": docs.terms / docs.texts if docs.texts else 0.0,
-            "mean_terms_per_query": queries.terms / queries.texts if queries.texts else 0.0,
-        }
-        write_json(staging / "stats.json", stats)
+def _finish(store: PartStore, plan: Plan, corpus: data.Dataset, encoder, terms, *, scale, max_query_length,
+            max_doc_length, batch_size, model) -> dict:
+    """Verify the parts, encode the queries, write the manifest and then stats.json."""
+    records = store.verify(plan)
+    docs = Counts()
+    for record in records:
+        for name, value in record["counts"].items():
+            setattr(docs, name, getattr(docs, name) + value)
+    queries_in = [data.Document(qid, text) for qid, text in corpus.queries().items()]
+    with atomic_path(store.folder / "queries.jsonl") as staging, open(staging, "wb") as stream:
+        queries = encode_texts(
+            encoder, queries_in, terms, max_length=max_query_length, scale=scale, batch_size=batch_size,
+            write=lambda q, v: stream.write(json_line({"id": q.id, "contents": q.text, "vector": v})),
+            what="queries", total=len(queries_in),
+        )
+    stats = {
+        "model": model, "dataset": corpus.name, "scale": scale, "empty_vector_term": EMPTY_VECTOR_TERM,
+        "max_doc_length": max_doc_length, "max_query_length": max_query_length, "parts": len(records),
+        "docs": asdict(docs), "queries": asdict(queries),
+        "docs_per_second": docs.texts / docs.seconds if docs.seconds else None,
+        "mean_terms_per_doc": docs.terms / docs.texts if docs.texts else 0.0,
+        "mean_terms_per_query": queries.terms / queries.texts if queries.texts else 0.0,
+    }
+    store.finish(records, {"documents": plan.count})
+    write_json(store.folder / "stats.json", stats)
     for what, counts, limit in (("documents", docs, max_doc_length), ("queries", queries, max_query_length)):
         if counts.truncated:
             log.warning("%d of %d %s were longer than %d tokens and truncated", counts.truncated, counts.texts, what, limit)

@@ -1,0 +1,141 @@
+"""Encoding in resumable parts: kill -9 or Ctrl-C and rerun gives the uninterrupted run's bytes; torchrun
+ranks and scheduler shards give the same parts; changed settings are refused; verify finds faults."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.parts import PartsError, PartStore, Plan
+
+from conftest import DOCS, QUERIES, QRELS, ROOT, write_beir_folder
+
+PART_SIZE = 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """60 documents (the tiny corpus 5 times, ids suffixed): 10 parts of 6."""
+    docs = {f"{doc_id}-{copy}": value for copy in range(5) for doc_id, value in DOCS.items()}
+    return write_beir_folder(tmp_path_factory.mktemp("corpus-x5"), docs=docs)
+
+
+def encode_command(model_path, corpus, out, *extra, launcher=(sys.executable, "-m")) -> list[str]:
+    return [*launcher, "pipeline", "encode", "--model", model_path, "--dataset", str(corpus), "--out", str(out),
+            "--part-size", str(PART_SIZE), "--batch-size", "4", *extra]
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def part_bytes(out: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted((out / "docs").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model_path, corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "encoded"
+    run(encode_command(model_path, corpus, out))
+    return out
+
+
+def test_parts_and_manifest(uninterrupted):
+    parts = part_bytes(uninterrupted)
+    assert len(parts) == 10 and not (uninterrupted / "staging").exists()
+    manifest = json.loads((uninterrupted / "manifest.json").read_text())
+    assert [record["count"] for record in manifest["parts"]] == [PART_SIZE] * 10
+    assert manifest["documents"] == 60 and manifest["settings"]["part_size"] == PART_SIZE
+    ids = [json.loads(line)["id"] for name in parts for line in parts[name].splitlines()]
+    assert sorted(ids) == sorted(f"{doc_id}-{copy}" for copy in range(5) for doc_id in DOCS)
+    stats = json.loads((uninterrupted / "stats.json").read_text())
+    assert stats["docs"]["texts"] == 60 and stats["docs"]["empty"] == 5 and stats["queries"]["texts"] == len(QUERIES)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_run_resumes_to_the_same_bytes(stop, model_path, corpus, uninterrupted, tmp_path):
+    out = tmp_path / "encoded"
+    process = subprocess.Popen(encode_command(model_path, corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    first = out / "done" / "part-00000.json"
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(stop)
+    process.wait()
+    assert process.returncode != 0, "the run ended before it could be interrupted"
+    finished = {path.name: path.stat().st_mtime_ns for path in (out / "done").iterdir()}
+    assert 1 <= len(finished) < 10 and not (out / "stats.json").exists()
+
+    result = run(encode_command(model_path, corpus, out))
+    for name, written in finished.items():  # finished parts are kept, not encoded again
+        assert (out / "done" / name).stat().st_mtime_ns == written
+    assert f"{10 - len(finished)} parts" in result.stderr
+    assert part_bytes(out) == part_bytes(uninterrupted)
+    assert (out / "queries.jsonl").read_bytes() == (uninterrupted / "queries.jsonl").read_bytes()
+    assert not (out / "staging").exists()
+
+
+def test_torchrun_ranks_write_the_same_parts(model_path, corpus, uninterrupted, tmp_path):
+    out = tmp_path / "encoded"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
+    run(encode_command(model_path, corpus, out, launcher=launcher))
+    assert part_bytes(out) == part_bytes(uninterrupted)
+    assert json.loads((out / "stats.json").read_text())["docs"]["texts"] == 60
+
+
+def test_scheduler_shards_then_verify(model_path, corpus, uninterrupted, tmp_path):
+    out = tmp_path / "encoded"
+    for shard in ("1/2", "0/2"):
+        run(encode_command(model_path, corpus, out, "--shard", shard))
+        assert not (out / "stats.json").exists()
+    result = run(encode_command(model_path, corpus, out))
+    assert "parts of" not in result.stderr  # nothing left to encode: verified and finished
+    assert part_bytes(out) == part_bytes(uninterrupted)
+
+
+def test_changed_settings_are_refused_unless_fresh(model_path, corpus, uninterrupted, tmp_path):
+    out = tmp_path / "encoded"
+    run(encode_command(model_path, corpus, out, "--shard", "0/5"))
+    refused = subprocess.run(encode_command(model_path, corpus, out, "--scale", "50"), cwd=ROOT, capture_output=True,
+                             text=True)
+    assert refused.returncode == 2 and "scale: 100.0 -> 50.0" in refused.stderr and "Traceback" not in refused.stderr
+    run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh"))
+    assert json.loads((out / "settings.json").read_text())["scale"] == 50
+
+
+def test_verify_finds_missing_changed_and_duplicate_parts(uninterrupted, tmp_path):
+    settings = json.loads((uninterrupted / "settings.json").read_text())
+    plan = Plan(60, PART_SIZE)
+
+    def copy() -> PartStore:
+        folder = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
+        subprocess.run(["cp", "-r", str(uninterrupted), str(folder)], check=True)
+        return PartStore(folder, settings)
+
+    store = copy()
+    assert len(store.verify(plan)) == 10
+    (store.parts_dir / "part-00003.jsonl").unlink()
+    with pytest.raises(PartsError, match="part-00003 is missing"):
+        store.verify(plan)
+    store = copy()
+    with open(store.parts_dir / "part-00004.jsonl", "ab") as part:
+        part.write(b"\n")
+    with pytest.raises(PartsError, match="part-00004.jsonl has changed"):
+        store.verify(plan)
+    store = copy()
+    # part 7's first id changed to part 2's first id (same length, so only the id check can see it)
+    first_id = json.loads((store.parts_dir / "part-00002.jsonl").read_bytes().splitlines()[0])["id"]
+    target = store.parts_dir / "part-00007.jsonl"
+    own_id = json.loads(target.read_bytes().splitlines()[0])["id"]
+    assert len(own_id) == len(first_id)
+    target.write_bytes(target.read_bytes().replace(f'"id":"{own_id}"'.encode(), f'"id":"{first_id}"'.encode(), 1))
+    with pytest.raises(PartsError, match=rf"part-00007.jsonl:1: duplicate document id '{first_id}' \(first at part-00002.jsonl:1\)"):
+        store.verify(plan)
