@@ -126,8 +126,8 @@ class ScreenedProjection:
                 negated = self.negated[start : start + self.tiling.terms]
                 logits = block[: tokens.shape[0] * negated.shape[0]].view(tokens.shape[0], negated.shape[0])
                 torch.mm(tokens, negated.T, out=logits)
-                negated_min[first : first + per_tile, start : start + negated.shape[0]] = (
-                    logits.view(bits).view(-1, length, negated.shape[0]).amin(dim=1))
+                torch.amin(logits.view(bits).view(-1, length, negated.shape[0]), dim=1,
+                           out=negated_min[first : first + per_tile, start : start + negated.shape[0]])
         screened_max = -negated_min.view(self.dtype).float()
         screened_max[negated_min < 0] = torch.inf  # a positive logit (or -0.0): keep, recheck
         norms = states.norm(dim=2).amax(dim=1)
