@@ -1,12 +1,13 @@
-"""Search written by Anserini in Java: real JVM and Lucene, on hand-made impact vectors (with ties and
-a query that is also a document) and on the tiny BEIR folder."""
+"""Search written by Anserini in Java, and indexes that do not depend on the number of threads: real
+JVM and Lucene, on hand-made impact vectors (with ties and a query that is also a document) and on
+the tiny BEIR folder."""
 
 import json
 
 import pytest
 
 from pipeline import lucene
-from pipeline.index import index
+from pipeline.index import index, split_for_threads
 from pipeline.search import search, trec_order
 
 from conftest import DOCS, QUERIES, write_beir_folder
@@ -107,3 +108,32 @@ def test_bm25_java_run_equals_hits_read_back_one_by_one(tmp_path):
     assert [docid for docid, *_ in removed["d05"]] == [docid for docid, *_ in expected["d05"] if docid != "d05"]
     assert {qid: ranking for qid, ranking in removed.items() if qid != "d05"} == \
         {qid: ranking for qid, ranking in expected.items() if qid != "d05"}
+
+
+def test_split_for_threads_keeps_every_line_once_in_order(vectors, tmp_path):
+    source = vectors / "docs" / "part-00000.jsonl"
+    folder = split_for_threads(vectors / "docs", 4, tmp_path / "parts")
+    pieces = sorted(folder.glob("*.jsonl"))
+    assert len(pieces) == 4
+    assert b"".join(piece.read_bytes() for piece in pieces) == source.read_bytes()
+    assert all(piece.read_bytes().endswith(b"\n") for piece in pieces)
+    assert split_for_threads(vectors / "docs", 1, tmp_path / "unused") == vectors / "docs"
+
+
+def test_impact_index_is_the_same_whatever_the_threads(impact_index, vectors, beir_folder, tmp_path):
+    one_thread, one_stats = impact_index
+    three = index(tmp_path / "three", vectors=vectors / "docs", threads=3)
+    assert (one_stats["parts"], three["parts"]) == (1, 3)
+    assert one_stats["documents"] == three["documents"] == len(VECTORS)
+    for threads, out in ((1, one_thread), (3, tmp_path / "three")):
+        search(out, tmp_path / f"{threads}.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=10,
+               threads=threads, tag="impact")
+    assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()
+
+
+def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):
+    for threads in (1, 3):
+        stats = index(tmp_path / f"bm25-{threads}", dataset=str(beir_folder), threads=threads)
+        assert stats["parts"] == threads and stats["documents"] == len(DOCS) - 1
+        search(tmp_path / f"bm25-{threads}", tmp_path / f"{threads}.trec", str(beir_folder), k=len(DOCS), tag="bm25")
+    assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()
