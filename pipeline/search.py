@@ -101,7 +101,9 @@ def search(
             reorder_ties(anserini_run, staging)
         seconds = time.perf_counter() - started
     sample = list(topics.values())[:latency_queries]
-    if queries is not None:
+    if not sample:
+        latencies = []
+    elif queries is not None:
         latencies = lucene.impact_latencies(index, sample, k=k)
     else:
         latencies = lucene.bm25_latencies(index, sample, k=k, k1=k1, b=b)
