@@ -44,7 +44,7 @@ OUT ?= models/trained
 TRAIN_ARGS ?=
 ABLATION_ARGS ?=
 
-.PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation bench test clean
+.PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation bench search-bench test clean
 help:
 	@echo "make setup | beir-eval [MODEL=... DATASETS='scifact nfcorpus ...' COMPARE=...] | encode | index | search | eval"
 	@echo "make train [MODEL=... OUT=models/trained TRAIN_ARGS='--steps 200'] | head-stats [RESCALE=16|auto] | ablation | test"
@@ -111,6 +111,10 @@ ablation: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.jso
 
 bench: $(call model_input,$(MODEL)) | $(SETUP)
 	$(PY) -m pipeline bench --model $(MODEL) --dataset $(firstword $(DATASETS)) --out runs/bench.json --markdown runs/bench.md
+
+# Search and indexing speed against Pyserini's CLI, on the first dataset's encoding replicated 20 times.
+search-bench: indexes/$(call slug,$(firstword $(DATASETS)))/$(TAG)/encoded/stats.json
+	$(PY) -m pipeline search-bench --encoded $(<D) --dataset $(firstword $(DATASETS)) --threads $(THREADS)
 
 test: setup
 	$(PY) -m pytest

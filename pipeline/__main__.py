@@ -70,6 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--k1", type=float, default=0.9)
     p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--remove-query", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop a query's own id from its hits (default: where the dataset's queries are documents)")
+    p.add_argument("--latency-queries", type=int, default=1000, help="queries timed alone on one thread")
+
+    p = stages.add_parser("search-bench", help="search and indexing speed against Pyserini's CLI on a replicated corpus")
+    p.add_argument("--encoded", type=Path, required=True, help="encode's output folder (docs/ and queries.jsonl)")
+    p.add_argument("--dataset", required=True, help="the dataset encoded (its query removal applies)")
+    p.add_argument("--work", type=Path, default=Path("runs/search-bench"))
+    p.add_argument("--out", type=Path, default=Path("runs/search-bench.json"))
+    p.add_argument("--copies", type=int, default=20)
+    p.add_argument("--k", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=threads)
 
     p = stages.add_parser("eval", help="ranx metrics, comparison and leaderboard rows for runs")
     p.add_argument("--dataset", required=True)
@@ -136,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.search import search
 
             search(args.index, args.run, args.dataset, queries=args.queries, k=args.k, threads=args.threads,
-                   k1=args.k1, b=args.b)
+                   k1=args.k1, b=args.b, remove_query=args.remove_query, latency_queries=args.latency_queries)
+        elif args.stage == "search-bench":
+            from pipeline.search_bench import search_bench
+
+            search_bench(args.encoded, args.dataset, args.work, args.out, copies=args.copies, k=args.k,
+                         threads=args.threads)
         elif args.stage == "eval":
             from pipeline.eval import evaluate
 

@@ -5,13 +5,19 @@
   Lucene cannot index a blank text and BM25 could never retrieve it: blank documents are left out,
   counted and reported (as in Pyserini's indexes, so that BM25's document count and IDF match theirs).
 
+Anserini's IndexCollection indexes each file of a collection on one thread: a collection of fewer
+files than threads is split at line boundaries into a temporary folder beside the index (a copy of
+the collection) so that every thread has a part to index.
+
 The stats file beside the index (`<index>.json`) is written last; the stage fails if Lucene holds
 a different number of documents than the collection (Anserini skips some documents silently).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -44,26 +50,61 @@ def _write_text_collection(dataset: data.Dataset, folder: Path) -> tuple[int, in
     return shards.written, blank
 
 
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as stream:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 24), b""))
+
+
+def _split_lines(part: Path, pieces: int, folder: Path) -> None:
+    """`part` cut into `pieces` files of consecutive whole lines, as many lines in each (the last one less)."""
+    per_piece = max(1, math.ceil(_count_lines(part) / pieces))
+    with open(part, "rb") as lines:
+        for piece in itertools.count():
+            target = folder / f"{part.stem}-{piece:03d}.jsonl"
+            with open(target, "wb") as out:
+                out.writelines(itertools.islice(lines, per_piece))
+            if target.stat().st_size == 0:
+                target.unlink()
+                return
+
+
+def split_for_threads(collection: Path, threads: int, folder: Path) -> Path:
+    """`collection` itself when it has at least `threads` parts, else `folder` filled with its parts cut
+    into at least `threads` pieces (each part into a number in proportion to its size)."""
+    parts = sorted(collection.glob("*.jsonl"))
+    if len(parts) >= threads:
+        return collection
+    total = sum(part.stat().st_size for part in parts) or 1
+    folder.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        _split_lines(part, max(1, math.ceil(threads * part.stat().st_size / total)), folder)
+    return folder
+
+
 def index(out: Path, *, vectors: Path | None = None, dataset: str | None = None, threads: int = 2) -> dict:
     """Build the impact index of `vectors`, or else the BM25 index of `dataset`, at `out`."""
     if (vectors is None) == (dataset is None):
         raise ValueError("index takes either vectors (an impact index) or dataset (a BM25 index)")
     started, blank = time.perf_counter(), 0
-    with atomic_path(out, directory=True) as staging:
+    with atomic_path(out, directory=True) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
         if vectors is not None:
-            expected = count_records(vectors)
-            lucene.build_index(vectors, staging, "JsonVectorCollection", impact=True, threads=threads)
-            source = str(vectors)
+            expected, written = count_records(vectors), vectors
+            kind, impact, source = "JsonVectorCollection", True, str(vectors)
         else:
-            with tempfile.TemporaryDirectory(dir=out.parent) as collection:
-                expected, blank = _write_text_collection(data.load(dataset), Path(collection))
-                lucene.build_index(Path(collection), staging, "JsonCollection", impact=False, threads=threads)
-            source = dataset
+            written = Path(work) / "text"
+            expected, blank = _write_text_collection(data.load(dataset), written)
+            kind, impact, source = "JsonCollection", False, dataset
+        collection = split_for_threads(written, threads, Path(work) / "parts")
+        parts = len(list(collection.glob("*.jsonl")))
+        indexing = time.perf_counter()
+        lucene.build_index(collection, staging, kind, impact=impact, threads=threads)
+        indexing = time.perf_counter() - indexing
         indexed = lucene.count_documents(staging)
         if indexed != expected:
             raise IndexCountError(f"{source}: {expected} documents in the collection but {indexed} in the index")
-    stats = {"index": str(out), "source": source, "kind": "bm25" if dataset else "impact",
-             "documents": indexed, "blank_documents_left_out": blank, "seconds": time.perf_counter() - started}
+    stats = {"index": str(out), "source": source, "kind": "bm25" if dataset else "impact", "documents": indexed,
+             "blank_documents_left_out": blank, "threads": threads, "parts": parts, "indexing_seconds": indexing,
+             "seconds": time.perf_counter() - started}
     if blank:
         log.warning("%s: %d blank documents left out of the BM25 index", source, blank)
     write_json(out.with_name(out.name + ".json"), stats)

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -121,11 +122,117 @@ def count_documents(index_dir: Path) -> int:
 Hits = dict[str, list[tuple[str, float]]]
 
 
+class SearchError(PipelineError, RuntimeError):
+    """Anserini could not run a search (bad topics, index or options); the message is Java's."""
+
+
+def write_impact_topics(vectors: Mapping[str, Mapping[str, int]], path: Path) -> None:
+    """Anserini's pre-encoded query format (`-topicReader TsvString -pretokenized`, as Anserini's and
+    Pyserini's cached SPLADE queries): `qid<TAB>terms`, each term repeated as often as its integer
+    weight, since the whitespace analyzer turns term counts into weights. A query without a positive
+    weight matches nothing and is left out (Anserini's TSV reader rejects an empty query)."""
+    with open(path, "w", encoding="utf-8") as out:
+        for qid, vector in vectors.items():
+            for term in vector:
+                if not term or any(char.isspace() for char in term):
+                    raise SearchError(f"query {qid}: term {term!r} is empty or holds whitespace")
+            terms = " ".join(" ".join([term] * int(weight)) for term, weight in vector.items() if weight > 0)
+            if terms:
+                out.write(f"{_topic_id(qid)}\t{terms}\n")
+
+
+def write_text_topics(queries: Mapping[str, str], path: Path) -> None:
+    """`qid<TAB>text` for Anserini's TsvString reader; tabs and line breaks become spaces (the analyzer
+    splits on both alike) and an empty query, which matches nothing, is left out."""
+    with open(path, "w", encoding="utf-8") as out:
+        for qid, text in queries.items():
+            if text := " ".join(text.split()):
+                out.write(f"{_topic_id(qid)}\t{text}\n")
+
+
+def _topic_id(qid: str) -> str:
+    if not qid or any(char.isspace() for char in qid):
+        raise SearchError(f"query id {qid!r} is empty or holds whitespace: a TREC run cannot carry it")
+    return qid
+
+
+def search_collection(
+    index_dir: Path, topics: Path, run: Path, *, impact: bool, k: int, threads: int, remove_query: bool,
+    tag: str, k1: float = 0.9, b: float = 0.4,
+) -> None:
+    """Anserini's SearchCollection reads `topics`, searches them on `threads` threads and writes the TREC
+    `run`, all in Java (no hit crosses into Python).
+
+    An impact score is the sum over query terms of query weight x stored impact (an exact integer dot
+    product). Each query gets its top `k` hits by score, ties by ascending docid; tied scores are
+    nudged apart by 1e-6 per rank where a float can show it (Anserini's ScoreTiesAdjusterReranker, as
+    in Pyserini's searchers). With `remove_query`, a hit whose docid is the query id is dropped from those k, as
+    Pyserini's `--remove-query` and Anserini's `-removeQuery` in their BEIR reproductions (2CR).
+    """
+    autoclass = start_jvm()
+    options = [
+        "-index", str(index_dir), "-topics", str(topics), "-topicReader", "TsvString", "-output", str(run),
+        "-hits", str(k), "-threads", str(threads), "-runtag", tag,
+    ]
+    options += ["-impact", "-pretokenized"] if impact else ["-bm25", "-bm25.k1", str(k1), "-bm25.b", str(b)]
+    options += ["-removeQuery"] if remove_query else []
+    from jnius import JavaException
+
+    args = autoclass("io.anserini.search.SearchCollection$Args")()
+    try:
+        autoclass("org.kohsuke.args4j.CmdLineParser")(args).parseArgument(_java_list(options))
+        searcher = autoclass("io.anserini.search.SearchCollection")(args)
+        try:
+            searcher.run()
+        finally:
+            searcher.close()
+    except JavaException as err:
+        raise SearchError(f"Anserini search of {index_dir} with {topics} failed: {err}") from err
+
+
 def _java_list(items: Iterable):
     out = start_jvm()("java.util.ArrayList")()
     for item in items:
         out.add(item)
     return out
+
+
+def _java_vector(vector: Mapping[str, int]):
+    autoclass = start_jvm()
+    jvector, Integer = autoclass("java.util.HashMap")(), autoclass("java.lang.Integer")
+    for term, weight in vector.items():
+        jvector.put(term, Integer(int(weight)))
+    return jvector
+
+
+def _seconds_per_query(searcher, queries: list, k: int) -> list[float]:
+    """Each query searched alone on one thread; its hits stay in Java (only the call is timed)."""
+    seconds = []
+    for query in queries:
+        one_query, one_id = _java_list([query]), _java_list(["latency"])
+        started = time.perf_counter()
+        searcher.batch_search(one_query, one_id, k, 1)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def impact_latencies(index_dir: Path, vectors: Iterable[Mapping[str, int]], *, k: int) -> list[float]:
+    """Single-thread seconds per query of Anserini's impact search, hits and tie adjustment included."""
+    searcher = start_jvm()("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
+    try:
+        return _seconds_per_query(searcher, [_java_vector(vector) for vector in vectors], k)
+    finally:
+        searcher.close()
+
+
+def bm25_latencies(index_dir: Path, texts: Iterable[str], *, k: int, k1: float, b: float) -> list[float]:
+    """Single-thread seconds per query of Anserini's BM25 search, hits and tie adjustment included."""
+    searcher = start_jvm()("io.anserini.search.SimpleSearcher")(str(index_dir))
+    try:
+        searcher.set_bm25(k1, b)
+        return _seconds_per_query(searcher, list(texts), k)
+    finally:
+        searcher.close()
 
 
 def _collect(results) -> Hits:
@@ -135,24 +242,9 @@ def _collect(results) -> Hits:
     }
 
 
-def impact_search(index_dir: Path, queries: Mapping[str, Mapping[str, int]], *, k: int, threads: int) -> Hits:
-    """Score = sum over query terms of query weight x stored impact (an exact integer dot product)."""
-    autoclass = start_jvm()
-    HashMap, Integer = autoclass("java.util.HashMap"), autoclass("java.lang.Integer")
-    searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(index_dir))
-    try:
-        jvectors = []
-        for vector in queries.values():
-            jvector = HashMap()
-            for term, weight in vector.items():
-                jvector.put(term, Integer(int(weight)))
-            jvectors.append(jvector)
-        return _collect(searcher.batch_search(_java_list(jvectors), _java_list(queries), k, threads))
-    finally:
-        searcher.close()
-
-
 def bm25_search(index_dir: Path, queries: Mapping[str, str], *, k: int, threads: int, k1: float, b: float) -> Hits:
+    """Hits read back into Python, one by one: for callers that need them as objects (hard negatives), not
+    for runs (`search_collection` writes those in Java)."""
     searcher = start_jvm()("io.anserini.search.SimpleSearcher")(str(index_dir))
     try:
         searcher.set_bm25(k1, b)

