@@ -26,8 +26,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline import data
+from pipeline.errors import PipelineError
 from pipeline.files import ShardWriter, atomic_path, write_json
 from pipeline.splade.model import SpladeEncoder
+from pipeline.train import refuse_collapsed
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,17 @@ def vocabulary_terms(tokenizer, vocab_size: int) -> list[str]:
 
 
 def quantize(weights: torch.Tensor, terms: list[str], scale: float) -> list[dict[str, int]]:
-    """[batch, vocab] float weights -> one {term: int(round(w * scale))} per row, zeros left out."""
-    quantized = torch.round(weights * scale).to(torch.int64)
+    """[batch, vocab] float weights -> one {term: int(round(w * scale))} per row, zeros left out.
+
+    Refuses weights that are not finite, or whose quantized sum in a row exceeds what Lucene stores
+    (an int): the cast would wrap them into garbage."""
+    if not torch.isfinite(weights).all():
+        raise PipelineError("the model produced weights that are not finite numbers (NaN or Inf)")
+    scaled = torch.round(weights * scale)
+    if scaled.double().sum(dim=1).gt(data.MAX_IMPACT).any():
+        raise PipelineError(f"--scale {scale:g} makes a vector's weights add up to more than 2^31 - 1, which "
+                            "Lucene cannot store: use a smaller scale (100 is usual)")
+    quantized = scaled.to(torch.int64)
     rows, cols = quantized.nonzero(as_tuple=True)
     values = quantized[rows, cols].tolist()
     counts = torch.bincount(rows, minlength=weights.shape[0]).tolist()
@@ -118,9 +129,12 @@ def encode(
     batch_size: int = 32,
     shard_size: int = 100_000,
     device: str | None = None,
+    accept_collapsed: bool = False,
 ) -> dict:
     """Encode `dataset`'s documents and queries with SPLADE `model` into the folder `out`."""
     corpus = data.load(dataset)
+    corpus.check()  # a bad line anywhere fails now, not after hours of encoding
+    refuse_collapsed(model, accept_collapsed)
     encoder = SpladeEncoder.load(model, device=device)
     terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
     with atomic_path(out, directory=True) as staging:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
-from pipeline.files import ShardWriter, atomic_path, count_records, write_json
+from pipeline.files import ShardWriter, atomic_path, write_json
 
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def index(out: Path, *, vectors: Path | None = None, dataset: str | None = None,
     started, blank = time.perf_counter(), 0
     with atomic_path(out, directory=True) as staging:
         if vectors is not None:
-            expected = count_records(vectors)
+            expected = data.check_vectors(vectors)  # Anserini would skip a bad record silently
             lucene.build_index(vectors, staging, "JsonVectorCollection", impact=True, threads=threads)
             source = str(vectors)
         else:

@@ -38,17 +38,23 @@ def search(
     k1: float = 0.9,
     b: float = 0.4,
     tag: str | None = None,
+    remove_query: bool | None = None,
 ) -> dict:
     """Search `index` for `dataset`'s queries and write the TREC `run`.
 
     With `queries` (encode's queries.jsonl) it is an impact search with the quantized query weights,
-    else a BM25 search (k1, b) of the query text. Where queries are also documents (BEIR), a query's
-    own id is dropped from its ranking, as Pyserini's `--remove-query`, one more hit fetched to keep `k`.
+    else a BM25 search (k1, b) of the query text. With `remove_query` (by default on the BEIR corpora
+    where Pyserini does so) a query's own id is dropped from its ranking, as Pyserini's `--remove-query`,
+    one more hit fetched to keep `k`. An index or queries recorded as made from another dataset are refused.
     """
     corpus = data.load(dataset)
     if not any(index.glob("segments_*")):
         raise data.DataError(f"{index}: not a Lucene index (run the index stage first)")
-    remove_query = corpus.queries_are_documents
+    corpus.check_source(index, "an index")
+    if queries is not None:
+        corpus.check_source(queries, "encoded queries")
+    if remove_query is None:
+        remove_query = corpus.queries_are_documents
     started = time.perf_counter()
     depth = k + 1 if remove_query else k
     if queries is not None:

@@ -23,6 +23,8 @@ def test_short_names_and_ids_resolve():
     assert data.load("dl19").relevance_level == 2
     assert data.load("msmarco-dev").name == "msmarco-passage/dev/small"
     assert not data.load("msmarco-dev").queries_are_documents
+    assert data.load("scifact").queries_are_documents and data.load("beir/cqadupstack/android").queries_are_documents
+    assert not data.load("beir/msmarco/dev").queries_are_documents
 
 
 def test_unknown_dataset_lists_accepted_forms():
