@@ -61,8 +61,9 @@ REMOVE_QUERY = {"arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fe
 DEFAULT_SEED = Path("../shared/ir_datasets")
 DEFAULT_QRELS_SEED = Path("../shared/qrels")
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# Archive and network failures of ir_datasets while it reads (or downloads) a dataset's files.
-READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile, tarfile.TarError)
+# Archive and network failures of ir_datasets while it reads (or downloads) a dataset's files; it
+# reports a failed download as a RuntimeError ("All download sources failed").
+READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile, tarfile.TarError, RuntimeError)
 
 
 class Document(NamedTuple):
@@ -371,9 +372,9 @@ def _reading(name: str):
         yield
     except READ_ERRORS as err:
         home = os.environ.get("IR_DATASETS_HOME")
-        raise DataError(f"{name}: cannot read its files in the ir_datasets cache {home} ({type(err).__name__}: {err}); "
-                        "a truncated or partial file there must be deleted (it is copied again from "
-                        "IR_DATASETS_SEED, or downloaded)") from None
+        raise DataError(f"{name}: cannot read or download its files in the ir_datasets cache {home} "
+                        f"({type(err).__name__}: {str(err)[:300]}); a truncated file there must be deleted (it is "
+                        "copied again from IR_DATASETS_SEED, or downloaded); offline, seed it (README, Air-gapped use)") from None
 
 
 def _ir_dataset(name: str):

@@ -16,6 +16,9 @@ from pipeline.errors import DataError, OutputError
 
 # Failures of the output's storage rather than of the program: reported in one line, naming the output.
 STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+# mkstemp creates files readable by their owner only; outputs get the usual mode. Read once, at import.
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 @contextmanager
@@ -29,6 +32,7 @@ def atomic_path(path: Path, *, directory: bool = False) -> Iterator[Path]:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     else:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(handle, 0o666 & ~UMASK)
         os.close(handle)
         staging = Path(name)
     try:
