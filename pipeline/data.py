@@ -1,22 +1,34 @@
 """Datasets: ir_datasets ids, short BEIR/MS MARCO names, and local BEIR folders, behind one interface.
 
-Every reader streams documents, checks them as it goes and names the file and line of a bad one.
+Every reader streams records, checks them as it goes and names the file and line of a bad one:
+malformed or truncated lines, missing fields, wrong types, invalid UTF-8, repeated ids, ids that
+whitespace-separated formats (TREC runs and qrels, Anserini's vectors) cannot carry. Legal oddities
+are handled and documented (README, "What happens when"): a UTF-8 BOM is skipped, CRLF is read as
+LF, blank lines are skipped, unknown fields are ignored, a lone surrogate in a text becomes U+FFFD.
 """
 
 from __future__ import annotations
 
-import csv
 import json
+import logging
 import os
+import re
 import shutil
-from collections.abc import Iterator
+import tarfile
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline.errors import PipelineError
-from pipeline.files import count_records
+from pipeline.errors import DataError
+from pipeline.files import atomic_path, count_records, jsonl_records, text_lines
+
+log = logging.getLogger(__name__)
 
 # BEIR-13 as evaluated in the SPLADE and Pyserini papers; several have no `/test` split in ir_datasets.
 BEIR = {
@@ -42,17 +54,88 @@ MSMARCO = {
 SHORT_NAMES = {**BEIR, **MSMARCO}
 # TREC DL judges on a 0-3 scale where 1 means "related": recall and MAP count grade >= 2, as `trec_eval -l 2`.
 GRADED = {MSMARCO["dl19"], MSMARCO["dl20"]}
+# The BEIR corpora (in ir_datasets) whose published Pyserini runs (pyserini/2cr/beir.yaml, every
+# condition) drop a query's own id from its ranking (`--remove-query`). BEIR's msmarco is not among them.
+REMOVE_QUERY = {"arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fever", "fiqa", "hotpotqa", "nfcorpus",
+                "nq", "quora", "scidocs", "scifact", "trec-covid", "webis-touche2020"}
 
 DEFAULT_SEED = Path("../shared/ir_datasets")
-
-
-class DataError(PipelineError, ValueError):
-    """Bad input data; the message names the file (or dataset) and the line (or position)."""
+DEFAULT_QRELS_SEED = Path("../shared/qrels")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Archive and network failures of ir_datasets while it reads (or downloads) a dataset's files; it
+# reports a failed download as a RuntimeError ("All download sources failed").
+READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile, tarfile.TarError, RuntimeError)
 
 
 class Document(NamedTuple):
     id: str
     text: str
+
+
+def check_id(value: object, where: str, what: str) -> str:
+    """An id as the files downstream need it: a JSON string (or integer), one word of printable characters.
+
+    TREC runs and qrels split their lines on whitespace and trec_eval reads C strings, so whitespace
+    and control characters would split or cut an id; a lone surrogate cannot be written as UTF-8.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise DataError(f"{where}: {what} must be a string, got {type(value).__name__} {value!r}")
+    value = str(value)
+    if not value:
+        raise DataError(f"{where}: empty {what}")
+    for char in value:
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cs"):
+            raise DataError(f"{where}: {what} {value!r} contains U+{ord(char):04X}, which ids cannot hold "
+                            "(whitespace, control characters and lone surrogates break TREC runs and qrels)")
+    return value
+
+
+def _text(value: object, where: str, field: str) -> tuple[str, bool]:
+    """A text field (missing or null reads as ""), with lone surrogates (legal in JSON as `\\ud800`,
+    not encodable as UTF-8) replaced by U+FFFD; also says whether any was replaced."""
+    if value is None:
+        return "", False
+    if not isinstance(value, str):
+        raise DataError(f"{where}: {field} must be a string, got {type(value).__name__} {value!r}")
+    cleaned, replaced = LONE_SURROGATE.subn("\ufffd", value)
+    return cleaned, bool(replaced)
+
+
+def _join(title: str, text: str) -> str:
+    """BEIR's document text: title + " " + text (as Pyserini's BEIR indexes)."""
+    return " ".join(part.strip() for part in (title, text) if part.strip())
+
+
+def _unique(records: Iterable[tuple[str, str, object]], what: str) -> Iterator[tuple[str, str, object]]:
+    """(where, id, value) records, refusing a repeated id with both places."""
+    seen: dict[str, str] = {}
+    for where, key, value in records:
+        if key in seen:
+            raise DataError(f"{where}: duplicate {what} {key!r} (first at {seen[key]})")
+        seen[key] = where
+        yield where, key, value
+
+
+def _collect_qrels(records: Iterable[tuple[str, str, str, int]], source: str) -> dict[str, dict[str, int]]:
+    """{qid: {docid: grade}}; a repeated judgment is kept once (and counted in a warning) when its grades
+    agree, refused when they differ."""
+    qrels: dict[str, dict[str, int]] = {}
+    places: dict[tuple[str, str], str] = {}
+    repeated = 0
+    for where, qid, docid, grade in records:
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            if judged[docid] != grade:
+                raise DataError(f"{where}: query {qid!r} judges document {docid!r} {grade}, but "
+                                f"{judged[docid]} at {places[qid, docid]}")
+            repeated += 1
+        judged[docid] = grade
+        places[qid, docid] = where
+    if not qrels:
+        raise DataError(f"{source}: no judgments")
+    if repeated:
+        log.warning("%s: %d repeated judgments (same query, document and grade) counted once", source, repeated)
+    return qrels
 
 
 @dataclass(frozen=True)
@@ -68,37 +151,47 @@ class Dataset:
 
     @property
     def queries_are_documents(self) -> bool:
-        """BEIR sets such as ArguAna and Quora share ids between queries and documents; a query's own
-        document is removed from its ranking, as Pyserini's `--remove-query` does. Elsewhere (MS MARCO,
-        Cranfield) query and document ids overlap by coincidence only."""
-        return self.folder is not None or self.name.startswith("beir/")
+        """Whether search drops a query's own id from its ranking by default (Pyserini's
+        `--remove-query`): only on the BEIR corpora whose published Pyserini runs do so. In a local
+        folder or elsewhere (MS MARCO, Cranfield) query and document ids may coincide by numbering
+        alone, and removing would silently lose a document; search's `--remove-query` asks for it."""
+        parts = self.name.split("/")
+        return self.folder is None and parts[0] == "beir" and len(parts) > 1 and parts[1] in REMOVE_QUERY
 
     def docs(self, start: int = 0, stop: int | None = None) -> Iterator[Document]:
         """The documents from position `start` to `stop` (all by default), in corpus order; raises
-        DataError on a malformed line or an id repeated within them."""
-        seen: dict[str, str] = {}
-        for where, doc in self._raw_docs(start, stop):
-            if doc.id in seen:
-                raise DataError(f"{where}: duplicate document id {doc.id!r} (first at {seen[doc.id]})")
-            seen[doc.id] = where
-            yield doc
+        DataError on a bad line, an id repeated within them, or an empty corpus."""
+        count = replaced = 0
+        for _, doc_id, (text, fixed) in _unique(self._raw_docs(start, stop), "document id"):
+            count += 1
+            replaced += fixed
+            yield Document(doc_id, text)
+        if not count and start == 0:
+            raise DataError(f"{self._source('corpus.jsonl')}: no documents")
+        if replaced:
+            log.warning("%s: %d documents had lone surrogates, each replaced by U+FFFD", self.name, replaced)
 
     def queries(self) -> dict[str, str]:
-        if self.folder is not None:
-            return {
-                str(row["_id"]): row["text"] for _, row in _jsonl(self.folder / "queries.jsonl", ("_id", "text"))
-            }
-        return {q.query_id: q.text for q in _ir_dataset(self.name).queries_iter()}
+        """{qid: text}; raises DataError on a bad line, a repeated id or no queries at all."""
+        queries, replaced = {}, 0
+        for _, qid, (text, fixed) in _unique(self._raw_queries(), "query id"):
+            queries[qid] = text
+            replaced += fixed
+        if not queries:
+            raise DataError(f"{self._source('queries.jsonl')}: no queries")
+        if replaced:
+            log.warning("%s: %d queries had lone surrogates, each replaced by U+FFFD", self.name, replaced)
+        return queries
 
     def qrels(self) -> dict[str, dict[str, int]]:
-        qrels: dict[str, dict[str, int]] = {}
         if self.folder is not None:
-            for qid, docid, relevance in _qrels_tsv(self.folder / "qrels" / "test.tsv"):
-                qrels.setdefault(qid, {})[docid] = relevance
-            return qrels
-        for qrel in _ir_dataset(self.name).qrels_iter():
-            qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = qrel.relevance
-        return qrels
+            path = self.folder / "qrels" / "test.tsv"
+            return _collect_qrels(_qrels_tsv(path), str(path))
+        with _reading(self.name):
+            return _collect_qrels(
+                ((f"{self.name} judgment #{n}", check_id(q.query_id, f"{self.name} judgment #{n}", "query id"),
+                  check_id(q.doc_id, f"{self.name} judgment #{n}", "document id"), q.relevance)
+                 for n, q in enumerate(_ir_dataset(self.name).qrels_iter(), start=1)), self.name)
 
     def docs_count(self) -> int | None:
         """The number of documents, for progress bars (a local corpus: its non-blank lines)."""
@@ -106,89 +199,186 @@ class Dataset:
             return count_records(self.folder / "corpus.jsonl")
         return _ir_dataset(self.name).docs_count()
 
-    def _raw_docs(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, Document]]:
+    def check(self) -> dict[str, int]:
+        """Read every document, query and judgment once, before any long work: a bad line near the end
+        of the corpus fails in seconds instead of after hours of encoding. Returns the counts."""
+        return {"documents": sum(1 for _ in self.docs()), "queries": len(self.queries()),
+                "judged_queries": len(self.qrels())}
+
+    def check_source(self, output: Path, what: str) -> None:
+        """Refuse an output of ours (index, encoded vectors or queries) recorded as made from another dataset."""
+        recorded = recorded_dataset(output)
+        if recorded is not None and _canonical(recorded) != _canonical(self.name):
+            raise DataError(f"{output}: {what} of dataset {recorded!r}, not of {self.name!r}")
+
+    def _source(self, file: str) -> str:
+        return str(self.folder / file) if self.folder is not None else self.name
+
+    def _raw_docs(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str, tuple[str, bool]]]:
         if self.folder is not None:
-            path = self.folder / "corpus.jsonl"
-            for where, row in islice(_jsonl(path, ("_id",)), start, stop):
-                yield where, Document(str(row["_id"]), _join(row.get("title"), row.get("text")))
+            for where, row in islice(jsonl_records(self.folder / "corpus.jsonl"), start, stop):
+                title, title_fixed = _text(row.get("title"), where, "title")
+                text, text_fixed = _text(row.get("text"), where, "text")
+                _require(row, where, ("_id",))
+                yield where, check_id(row["_id"], where, "document id"), (_join(title, text), title_fixed or text_fixed)
             return
-        docs = _ir_dataset(self.name).docs_iter()[start:stop]  # a docstore seeks, not reads, to `start`
-        for position, doc in enumerate(docs, start=start + 1):
-            yield f"{self.name} document #{position}", Document(doc.doc_id, _join(getattr(doc, "title", None), doc.text))
+        with _reading(self.name):
+            docs = _ir_dataset(self.name).docs_iter()[start:stop]  # a docstore seeks, not reads, to `start`
+            for position, doc in enumerate(docs, start=start + 1):
+                where = f"{self.name} document #{position}"
+                title, title_fixed = _text(getattr(doc, "title", None), where, "title")
+                text, text_fixed = _text(doc.text, where, "text")
+                yield where, check_id(doc.doc_id, where, "document id"), (_join(title, text), title_fixed or text_fixed)
+
+    def _raw_queries(self) -> Iterator[tuple[str, str, tuple[str, bool]]]:
+        if self.folder is not None:
+            for where, row in jsonl_records(self.folder / "queries.jsonl"):
+                _require(row, where, ("_id", "text"))
+                yield where, check_id(row["_id"], where, "query id"), _text(row["text"], where, "text")
+            return
+        with _reading(self.name):
+            for position, query in enumerate(_ir_dataset(self.name).queries_iter(), start=1):
+                where = f"{self.name} query #{position}"
+                yield where, check_id(query.query_id, where, "query id"), _text(query.text, where, "text")
 
 
-def _join(title: str | None, text: str | None) -> str:
-    """BEIR's document text: title + " " + text (as Pyserini's BEIR indexes)."""
-    return " ".join(part.strip() for part in (title, text) if part and part.strip())
+def _require(row: dict, where: str, keys: tuple[str, ...]) -> None:
+    if any(key not in row for key in keys):
+        raise DataError(f"{where}: expected a JSON object with keys {list(keys)}")
 
 
-def _jsonl(path: Path, required: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            where = f"{path}:{number}"
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict) or any(key not in row for key in required):
-                raise DataError(f"{where}: expected a JSON object with keys {list(required)}")
-            yield where, row
-
-
-def _qrels_tsv(path: Path) -> Iterator[tuple[str, str, int]]:
-    with open(path, encoding="utf-8", newline="") as rows:
-        for number, row in enumerate(csv.reader(rows, delimiter="\t"), start=1):
-            if number == 1 and row[:1] == ["query-id"]:
-                continue  # BEIR's header
-            if not row:
-                continue
-            try:
-                qid, docid, relevance = row
-                yield qid, docid, int(relevance)
-            except ValueError:
-                raise DataError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}") from None
+def _qrels_tsv(path: Path) -> Iterator[tuple[str, str, str, int]]:
+    """BEIR's `query-id<TAB>corpus-id<TAB>score` (header optional)."""
+    for where, line in text_lines(path):
+        fields = line.split("\t")
+        if where.endswith(":1") and fields[0] == "query-id":
+            continue
+        if not line.strip():
+            continue
+        try:
+            qid, docid, grade = fields
+            yield where, check_id(qid, where, "query id"), check_id(docid, where, "document id"), int(grade)
+        except ValueError:
+            raise DataError(f"{where}: expected 'query-id<TAB>corpus-id<TAB>score' (an integer score), got {line!r}") from None
 
 
 def read_columns(path: Path, columns: dict[str, type]) -> Iterator[tuple]:
-    """Whitespace-separated records, one a line (blank lines skipped), each field converted by its type."""
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != len(columns):
-                    raise ValueError
-                record = tuple(kind(value) for kind, value in zip(columns.values(), fields))
-            except ValueError:
-                raise DataError(f"{path}:{number}: expected '{' '.join(columns)}', got {line.strip()!r}") from None
-            yield record
+    """Whitespace-separated records, one a line (blank lines skipped), each field converted by its type;
+    the first field of each record is `path:line`."""
+    for where, line in text_lines(path):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) != len(columns):
+                raise ValueError
+            record = tuple(kind(value) for kind, value in zip(columns.values(), fields))
+        except ValueError:
+            raise DataError(f"{where}: expected '{' '.join(columns)}', got {line.strip()!r}") from None
+        yield (where, *record)
 
 
 def read_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
     """A TREC qrels file: `qid iteration docid relevance` per line."""
-    qrels: dict[str, dict[str, int]] = {}
-    for qid, _, docid, relevance in read_columns(path, {"qid": str, "iteration": str, "docid": str, "relevance": int}):
-        qrels.setdefault(qid, {})[docid] = relevance
-    return qrels
+    columns = {"qid": str, "iteration": str, "docid": str, "relevance": int}
+    return _collect_qrels(((where, check_id(qid, where, "query id"), check_id(docid, where, "document id"), grade)
+                           for where, qid, _, docid, grade in read_columns(path, columns)), str(path))
+
+
+# Anserini reads impact weights as Java ints, and a document's weights add up to its length, an int too.
+MAX_IMPACT = 2**31 - 1
+
+
+def check_vectors(path: Path) -> int:
+    """Check a JsonVectorCollection (encode's docs/ folder, or a file) line by line, as Anserini would
+    otherwise skip a bad record silently or truncate a weight; return the number of records."""
+    count = 0
+    for where, record in jsonl_records(path):
+        check_id(record.get("id"), where, "document id")
+        vector = record.get("vector")
+        if not isinstance(vector, dict) or not vector:
+            raise DataError(f"{where}: expected a non-empty JSON object 'vector' of term: weight (Anserini drops an empty one)")
+        for term, weight in vector.items():
+            if not term or any(char.isspace() for char in term):
+                raise DataError(f"{where}: term {term!r} is empty or holds whitespace (Anserini splits terms on it)")
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= MAX_IMPACT:
+                raise DataError(f"{where}: weight of term {term!r} must be a positive integer below 2^31, got {weight!r}")
+        if sum(vector.values()) > MAX_IMPACT:
+            raise DataError(f"{where}: the weights add up to more than 2^31 - 1, which Lucene cannot store (lower --scale)")
+        count += 1
+    return count
+
+
+def recorded_dataset(output: Path) -> str | None:
+    """The dataset that the stage writing `output` recorded: an index's `<index>.json` (an impact index
+    names encode's vectors, whose `stats.json` names the dataset), or encode's `stats.json` beside its
+    files. None for a file we did not write."""
+    stats = output.with_name(output.name + ".json")
+    if stats.is_file():
+        recorded = json.loads(stats.read_text())
+        return recorded_dataset(Path(recorded["source"])) if recorded.get("kind") == "impact" else recorded.get("source")
+    for folder in (output, output.parent):
+        if (folder / "stats.json").is_file():
+            return json.loads((folder / "stats.json").read_text()).get("dataset")
+    return None
+
+
+def _canonical(spec: str) -> str:
+    """One name per dataset: short names as ir_datasets ids, folders as absolute paths."""
+    return str(Path(spec).resolve()) if Path(spec).is_dir() else SHORT_NAMES.get(spec, spec)
+
+
+def seed_cache(seed: Path, cache: Path) -> None:
+    """Copy the files of a seed folder that a cache lacks, or holds at another size (an older,
+    interrupted copy), each written under a temporary name and renamed when complete."""
+    if not seed.is_dir():
+        return
+    for source in seed.rglob("*"):
+        target = cache / source.relative_to(seed)
+        if source.is_file() and not (target.is_file() and target.stat().st_size == source.stat().st_size):
+            with atomic_path(target) as staging:
+                shutil.copyfile(source, staging)
 
 
 def seed_ir_datasets_cache(seed: Path | None = None) -> Path:
-    """Copy the files of a seed cache that the writable ir_datasets cache lacks (air-gapped runs).
+    """Seed the writable ir_datasets cache from a read-only one (air-gapped runs).
 
     ir_datasets writes docstores beside its downloads, so a read-only seed must be copied, not linked.
     """
     home = Path(os.environ.setdefault("IR_DATASETS_HOME", str(Path.home() / ".ir_datasets")))
-    seed = Path(os.environ.get("PIPELINE_IR_DATASETS_SEED", DEFAULT_SEED)) if seed is None else seed
-    if seed.is_dir():
-        for source in seed.rglob("*"):
-            target = home / source.relative_to(seed)
-            if source.is_file() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+    seed_cache(Path(os.environ.get("PIPELINE_IR_DATASETS_SEED", DEFAULT_SEED)) if seed is None else seed, home)
     return home
+
+
+def trec_qrels_file(name: str) -> Path:
+    """Official TREC qrels by their Anserini name (`dl19-passage`, `msmarco-passage-dev-subset`), through
+    Pyserini's helper, which downloads them into its cache (~/.cache/pyserini/topics-and-qrels). The
+    files of PIPELINE_QRELS_SEED (default ../shared/qrels), which keep Anserini's names, seed that cache."""
+    from pipeline import lucene
+
+    autoclass = lucene.start_jvm()
+    from pyserini.search._base import get_qrels_file, qrels_mapping
+
+    if name not in qrels_mapping:
+        raise DataError(f"unknown qrels {name!r}: Pyserini knows e.g. dl19-passage, dl20-passage, msmarco-passage-dev-subset")
+    cache = Path(str(autoclass("io.anserini.eval.RelevanceJudgments").getCacheDir()))
+    seed_cache(Path(os.environ.get("PIPELINE_QRELS_SEED", DEFAULT_QRELS_SEED)), cache)
+    try:
+        return Path(get_qrels_file(name))
+    except Exception as err:  # jnius.JavaException: Anserini could not download the file
+        raise DataError(f"cannot get qrels {name!r} into {cache}: {str(err).splitlines()[0]}") from None
+
+
+@contextmanager
+def _reading(name: str):
+    """ir_datasets' failures to read (or fetch) a dataset's files, as one DataError naming the cache."""
+    try:
+        yield
+    except READ_ERRORS as err:
+        home = os.environ.get("IR_DATASETS_HOME")
+        raise DataError(f"{name}: cannot read or download its files in the ir_datasets cache {home} "
+                        f"({type(err).__name__}: {str(err)[:300]}); a truncated file there must be deleted (it is "
+                        "copied again from IR_DATASETS_SEED, or downloaded); offline, seed it (README, Air-gapped use)") from None
 
 
 def _ir_dataset(name: str):

@@ -30,10 +30,12 @@ from tqdm import tqdm
 
 from pipeline import data
 from pipeline.background import Sink, prefetch
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, json_line, write_json
 from pipeline.parts import PartStore, Plan
 from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
+from pipeline.train import refuse_collapsed
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,17 @@ class Quantized(NamedTuple):
 
 def quantized_entries(weights: torch.Tensor, scale: float) -> Quantized:
     """int(round(w * scale)) of each weight (half to even), zeros left out; computed where `weights` is
-    (a GPU sends back the few hundred entries per row, not the [batch, vocab] tensor)."""
-    quantized = torch.round(weights * scale).to(torch.int64)
+    (a GPU sends back the few hundred entries per row, not the [batch, vocab] tensor).
+
+    Refuses weights that are not finite, or whose quantized sum in a row exceeds what Lucene stores
+    (an int): the cast would wrap them into garbage."""
+    if not torch.isfinite(weights).all():
+        raise PipelineError("the model produced weights that are not finite numbers (NaN or Inf)")
+    scaled = torch.round(weights * scale)
+    if scaled.double().sum(dim=1).gt(data.MAX_IMPACT).any():
+        raise PipelineError(f"--scale {scale:g} makes a vector's weights add up to more than 2^31 - 1, which "
+                            "Lucene cannot store: use a smaller scale (100 is usual)")
+    quantized = scaled.to(torch.int64)
     rows, columns = quantized.nonzero(as_tuple=True)
     counts = torch.bincount(rows, minlength=weights.shape[0])
     return Quantized(counts.tolist(), columns.tolist(), quantized[rows, columns].tolist())
@@ -174,6 +185,7 @@ def encode(
     shard: str | None = None,
     fresh: bool = False,
     device: str | None = None,
+    accept_collapsed: bool = False,
 ) -> dict | None:
     """Encode `dataset`'s documents and queries with SPLADE `model` into the folder `out`.
 
@@ -181,8 +193,10 @@ def encode(
     complete part. Under torchrun each rank encodes the parts i with i % world == rank and rank 0
     finishes; with `shard` ("i/N") this process encodes its parts and stops, and a run without
     `shard` then verifies the parts and finishes. Finishing verifies every part, encodes the queries
-    and writes `stats.json` last. Returns the stats (None for a shard that does not finish)."""
+    and writes `stats.json` last. Returns the stats (None for a shard that does not finish).
+    A model whose training collapsed is refused unless `accept_collapsed`."""
     corpus = data.load(dataset)
+    refuse_collapsed(model, accept_collapsed)
     ranks = join(shard)
     try:
         resolved = torch.device(device) if device else ranks.device
@@ -193,6 +207,7 @@ def encode(
             "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
         })
         if ranks.rank == 0:
+            corpus.check()  # a bad line anywhere fails now, not after hours of encoding
             store.open(fresh=fresh)
         ranks.barrier()
         if ranks.rank != 0:

@@ -4,3 +4,11 @@ its message (which names the file and line, or the setting, at fault) without a 
 
 class PipelineError(Exception):
     pass
+
+
+class DataError(PipelineError, ValueError):
+    """Bad input data; the message names the file (or dataset) and the line (or position)."""
+
+
+class OutputError(PipelineError, OSError):
+    """An output could not be written (full disk, file size limit, read-only file system)."""

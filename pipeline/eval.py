@@ -9,6 +9,7 @@ and MAP count grade >= 2 as relevant (`trec_eval -l 2`); nDCG always uses the gr
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from ranx import Qrels, Run, compare
@@ -34,11 +35,20 @@ def ranx_metrics(relevance_level: int) -> dict[str, str]:
 
 def read_run(path: Path, name: str) -> Run:
     """A TREC run with its scores replaced by their rank order under trec_eval's tie-breaking, so that
-    tied scores (integer impact scores tie often) rank as trec_eval ranks them, not in an arbitrary order."""
+    tied scores (integer impact scores tie often) rank as trec_eval ranks them, not in an arbitrary order.
+    A document listed twice for a query, a score that is not a finite number or an empty run is refused."""
     hits: dict[str, list[tuple[str, float]]] = {}
-    for qid, _, docid, _, score, *_ in data.read_columns(path, {"qid": str, "q0": str, "docid": str, "rank": str,
-                                                                 "score": float, "tag": str}):
+    places: dict[tuple[str, str], str] = {}
+    columns = {"qid": str, "q0": str, "docid": str, "rank": str, "score": float, "tag": str}
+    for where, qid, _, docid, _, score, _ in data.read_columns(path, columns):
+        if not math.isfinite(score):
+            raise data.DataError(f"{where}: score {score} is not a finite number")
+        if (qid, docid) in places:
+            raise data.DataError(f"{where}: document {docid!r} listed twice for query {qid!r} (first at {places[qid, docid]})")
+        places[qid, docid] = where
         hits.setdefault(qid, []).append((docid, score))
+    if not hits:
+        raise data.DataError(f"{path}: empty run")
     run = Run({qid: {docid: float(len(ranking) - position) for position, (docid, _) in enumerate(trec_order(ranking))}
                for qid, ranking in hits.items()})
     run.name = name
@@ -70,6 +80,9 @@ def evaluate(
     loaded, notes = {}, []
     for name, path in runs.items():
         run = read_run(path, name)
+        if not set(run.keys()) & set(judged):
+            raise data.DataError(f"{path}: none of its {len(run.keys())} queries is judged in {corpus.name} "
+                                 f"(e.g. {sorted(run.keys())[:3]}): a run of another dataset?")
         notes += query_differences(judged, run, name)
         loaded[name] = run
     for note in notes:

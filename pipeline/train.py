@@ -7,7 +7,8 @@ linear warm-up and decay, gradient clipping and accumulation, autocast where the
 seeded and deterministic on CPU. Checkpoints are Hugging Face folders with the trainer state, so a
 killed run resumes on the same trajectory; a collapse (NaN/Inf loss, or active terms per document
 going to ~0 or to most of the vocabulary) stops the run and keeps the last good checkpoint.
-Multi-GPU: `torchrun --nproc_per_node N -m pipeline train ...` (DDP; FLOPS on the global batch).
+Multi-GPU: `torchrun --nproc_per_node N -m pipeline train ...` (DDP; in-batch negatives and FLOPS
+on the global batch, so the loss does not depend on N).
 """
 
 from __future__ import annotations
@@ -84,14 +85,46 @@ def _latest_checkpoint(out: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _save_checkpoint(out: Path, step: int, encoder, optimizer, scheduler, config: TrainConfig) -> Path:
+def _rng_states(world: int) -> list[dict]:
+    """Every process's random state (CPU, and each GPU's), gathered for rank 0 to save: dropout draws
+    from them, so a resumed run needs them all to stay on its trajectory."""
+    state = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _restore_rng(states: list[dict], rank: int, world: int, checkpoint: Path) -> None:
+    if len(states) != world:
+        raise ResumeError(f"cannot resume from {checkpoint} with {world} processes: it was trained with {len(states)}")
+    torch.set_rng_state(states[rank]["cpu"])
+    if states[rank]["cuda"]:
+        torch.cuda.set_rng_state_all(states[rank]["cuda"])
+
+
+def _save_checkpoint(out: Path, step: int, encoder, optimizer, scheduler, scaler, rng: list[dict],
+                     config: TrainConfig) -> Path:
     target = out / "checkpoints" / f"step-{step:07d}"
     with atomic_path(target, directory=True) as staging:
         encoder.model.save_pretrained(staging, encoder.tokenizer)
         torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, staging / "trainer_state.pt")
+                    "scaler": scaler.state_dict() if scaler else None, "rng": rng}, staging / "trainer_state.pt")
         write_json(staging / "train_config.json", asdict(config))
     return target
+
+
+def refuse_collapsed(model: str | Path, accept: bool = False) -> None:
+    """A model folder whose training collapsed holds its last good checkpoint and `collapse.json`:
+    refused unless `accept` (encode's --accept-collapsed), so that it is never evaluated unnoticed."""
+    report = Path(model) / "collapse.json"
+    if report.is_file():
+        reason = json.loads(report.read_text())["reason"]
+        if not accept:
+            raise CollapseError(f"{model}: its training collapsed ({reason}); it holds the last good checkpoint. "
+                                "Pass --accept-collapsed (Make: ACCEPT_COLLAPSED=1) to use it anyway")
+        log.warning("%s: using a model whose training collapsed (%s)", model, reason)
 
 
 def _check_resumable(checkpoint: Path, config: TrainConfig) -> None:
@@ -137,6 +170,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     checkpoint = _latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         raise ResumeError(f"nothing to resume in {out / 'checkpoints'}")
+    if resume and (out / "collapse.json").is_file():
+        raise CollapseError(f"{out}: this run collapsed ({json.loads((out / 'collapse.json').read_text())['reason']}); "
+                            "resuming would collapse again: delete it or use another output to train afresh")
     if checkpoint is not None:
         _check_resumable(checkpoint, config)
     examples = load_examples(config.data, negatives_index=_path(config.negatives_index), limit=config.limit)
@@ -152,18 +188,20 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
         (step + 1) / max(1, config.warmup_steps),
         max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))))
+    if world > 1 and config.batch_size % world:
+        raise PipelineError(f"batch size {config.batch_size} does not split over {world} processes")
+    autocast, scaler = _autocast(config.precision, device)
     start = 0
     if checkpoint is not None:
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=True, map_location="cpu")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        if scaler and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        _restore_rng(state["rng"], rank, world, checkpoint)
         start = state["step"]
-    if world > 1 and config.batch_size % world:
-        raise PipelineError(f"batch size {config.batch_size} does not split over {world} processes")
     ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
            if world > 1 else model)
-    autocast, scaler = _autocast(config.precision, device)
     lambda_q = losses.FlopsSchedule(config.lambda_q, config.flops_warmup)
     lambda_d = losses.FlopsSchedule(config.lambda_d, config.flops_warmup)
 
@@ -235,8 +273,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                   f"{strikes} steps (step {step + 1}); allowed {config.collapse_min_terms} to "
                   f"{config.collapse_max_fraction:.0%} of the vocabulary")
         if ((step + 1) % config.save_every == 0 or step + 1 == config.steps) and strikes == 0:
+            rng = _rng_states(world)
             if rank == 0:
-                last_good = _save_checkpoint(out, step + 1, encoder, optimizer, scheduler, config)
+                last_good = _save_checkpoint(out, step + 1, encoder, optimizer, scheduler, scaler, rng, config)
             if world > 1:
                 dist.barrier()
     progress.close()

@@ -20,6 +20,8 @@ SHARED = ROOT.parent / "shared"
 # seeded from ../shared/ir_datasets by the pipeline itself, is chosen before any test module loads.
 os.environ["IR_DATASETS_HOME"] = tempfile.mkdtemp(prefix="ir_datasets-")
 os.environ["PIPELINE_IR_DATASETS_SEED"] = str(SHARED / "ir_datasets")
+# Pyserini's topics-and-qrels cache is seeded from here when it exists, else its helper downloads.
+os.environ.setdefault("PIPELINE_QRELS_SEED", str(SHARED / "qrels"))
 
 # A few documents on distinct topics, so that rankings are meaningful; d09 is empty on purpose.
 DOCS = {
@@ -35,6 +37,8 @@ DOCS = {
     "d10": ("Rivers", "The Nile is the longest river in Africa and flows north into the Mediterranean Sea."),
     "d11": ("Deserts", "The Sahara desert is hot and dry, with sand dunes and very little rain."),
     "d12": ("Glaciers", "Glaciers are slow rivers of ice that carve valleys in mountains. " * 80),
+    # d03's twin: every query scores both the same, so rankings have ties (trec_eval puts d13 first).
+    "d13": ("Volcanoes", "A volcano erupts when magma rises through the crust and lava flows out."),
 }
 QUERIES = {
     "q1": "how does caffeine affect tiredness",
@@ -44,6 +48,9 @@ QUERIES = {
     "q5": "largest river in africa",
 }
 QRELS = {"q1": {"d01": 1, "d02": 1}, "q2": {"d04": 1}, "q3": {"d05": 1}, "q4": {"d08": 1, "d07": 1}, "q5": {"d10": 1}}
+# Training triples: each query, a positive and an unrelated negative.
+TRIPLES = [(QUERIES[q], " ".join(DOCS[next(iter(judged))]), " ".join(DOCS[negative]))
+           for (q, judged), negative in zip(QRELS.items(), ["d11", "d03", "d12", "d06", "d05"])]
 
 
 def write_beir_folder(folder: Path, docs=DOCS, queries=QUERIES, qrels=QRELS) -> Path:
@@ -91,3 +98,10 @@ def trec_eval(tmp_path_factory) -> Path:
         binary.write_bytes(jar.read("trec_eval/trec_eval-linux-amd64"))
     binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
     return binary
+
+
+@pytest.fixture
+def triples(tmp_path) -> Path:
+    path = tmp_path / "triples.tsv"
+    path.write_text("".join("\t".join(row) + "\n" for row in TRIPLES * 2))
+    return path

@@ -5,7 +5,9 @@ import pytest
 from pipeline import data
 from pipeline.data import DataError
 
-from conftest import write_beir_folder
+from conftest import DOCS, write_beir_folder
+
+APPENDED = len(DOCS) + 1  # the line a test appends to the corpus
 
 
 def test_scifact_from_the_seeded_cache():
@@ -23,6 +25,8 @@ def test_short_names_and_ids_resolve():
     assert data.load("dl19").relevance_level == 2
     assert data.load("msmarco-dev").name == "msmarco-passage/dev/small"
     assert not data.load("msmarco-dev").queries_are_documents
+    assert data.load("scifact").queries_are_documents and data.load("beir/cqadupstack/android").queries_are_documents
+    assert not data.load("beir/msmarco/dev").queries_are_documents
 
 
 def test_unknown_dataset_lists_accepted_forms():
@@ -40,7 +44,7 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     folder = write_beir_folder(tmp_path)
     with open(folder / "corpus.jsonl", "a") as out:
         out.write('{"_id": "broken", "text": \n')
-    with pytest.raises(DataError, match=r"corpus.jsonl:13: malformed JSON"):
+    with pytest.raises(DataError, match=rf"corpus.jsonl:{APPENDED}: malformed JSON"):
         list(data.load(str(folder)).docs())
 
 
@@ -48,7 +52,7 @@ def test_row_without_id_names_file_and_line(tmp_path):
     folder = write_beir_folder(tmp_path)
     with open(folder / "corpus.jsonl", "a") as out:
         out.write(json.dumps({"title": "no id", "text": "x"}) + "\n")
-    with pytest.raises(DataError, match=r"corpus.jsonl:13: expected a JSON object with keys \['_id'\]"):
+    with pytest.raises(DataError, match=rf"corpus.jsonl:{APPENDED}: expected a JSON object with keys \['_id'\]"):
         list(data.load(str(folder)).docs())
 
 
@@ -56,7 +60,7 @@ def test_duplicate_document_id_names_both_lines(tmp_path):
     folder = write_beir_folder(tmp_path)
     with open(folder / "corpus.jsonl", "a") as out:
         out.write(json.dumps({"_id": "d03", "title": "", "text": "again"}) + "\n")
-    with pytest.raises(DataError, match=r"corpus.jsonl:13: duplicate document id 'd03' \(first at .*corpus.jsonl:3\)"):
+    with pytest.raises(DataError, match=rf"corpus.jsonl:{APPENDED}: duplicate document id 'd03' \(first at .*corpus.jsonl:3\)"):
         list(data.load(str(folder)).docs())
 
 

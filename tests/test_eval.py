@@ -5,13 +5,11 @@ import subprocess
 
 import pytest
 
-from pipeline.data import read_trec_qrels
+from pipeline.data import read_trec_qrels, seed_cache, trec_qrels_file
 from pipeline.eval import evaluate, ranx_metrics
 from pipeline.search import write_trec
 
-from conftest import SHARED, write_beir_folder
-
-QRELS = SHARED / "qrels"
+from conftest import write_beir_folder
 
 
 def synthetic_run(qrels, seed=0, depth=1000, drop=(), tied=False):
@@ -33,10 +31,10 @@ def trec_eval_value(binary, args, qrels_path, run_path, measure):
 
 
 @pytest.mark.parametrize(("qrels_name", "dataset", "depth", "tied"),
-                         [("qrels.dl19-passage.txt", "dl19", 1000, False), ("qrels.dl19-passage.txt", "dl19", 1000, True),
-                          ("qrels.msmarco-passage.dev-subset.txt", "msmarco-dev", 150, True)])
+                         [("dl19-passage", "dl19", 1000, False), ("dl19-passage", "dl19", 1000, True),
+                          ("msmarco-passage-dev-subset", "msmarco-dev", 150, True)])
 def test_metrics_match_trec_eval(qrels_name, dataset, depth, tied, trec_eval, tmp_path):
-    qrels_path = QRELS / qrels_name
+    qrels_path = trec_qrels_file(qrels_name)  # Pyserini's download cache, seeded from ../shared/qrels when present
     qrels = read_trec_qrels(qrels_path)
     run_path = tmp_path / "run.trec"
     write_trec(synthetic_run(qrels, depth=depth, tied=tied), run_path, "synthetic")
@@ -71,3 +69,15 @@ def test_run_and_qrels_with_different_queries(tmp_path, trec_eval):
     trec_qrels.write_text("".join(f"{q} 0 {d} 1\n" for q, docs in qrels.items() for d in docs))
     assert result["metrics"]["partial"]["mrr@10"] == pytest.approx(
         trec_eval_value(trec_eval, ["-c", "-m", "recip_rank"], trec_qrels, run_path, "recip_rank"))
+
+
+def test_seed_copies_are_atomic_and_replace_truncated_files(tmp_path):
+    seed, cache = tmp_path / "seed", tmp_path / "cache"
+    (seed / "beir").mkdir(parents=True)
+    (seed / "beir" / "source.zip").write_bytes(b"x" * 1000)
+    (cache / "beir").mkdir(parents=True)
+    (cache / "beir" / "source.zip").write_bytes(b"x" * 10)  # an interrupted copy of an earlier version
+    (cache / "beir" / "docs.pklz4").write_bytes(b"written by ir_datasets")
+    seed_cache(seed, cache)
+    assert (cache / "beir" / "source.zip").read_bytes() == b"x" * 1000
+    assert sorted(p.name for p in (cache / "beir").iterdir()) == ["docs.pklz4", "source.zip"]  # no temporary left

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from pipeline.errors import PipelineError
 
 LOSSES = ("infonce", "marginmse", "kl")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AT_LEAST_ONE = ("steps", "batch_size", "grad_accum", "save_every", "max_query_length", "max_doc_length",
+                "collapse_patience")
+AT_LEAST_ZERO = ("negatives", "warmup_steps", "flops_warmup")
 
 
 @dataclass
@@ -47,6 +51,21 @@ class TrainConfig:
 
         if self.loss not in LOSSES:
             raise PipelineError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            raise PipelineError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for names, least in ((AT_LEAST_ONE, 1), (AT_LEAST_ZERO, 0)):
+            for name in names:
+                if getattr(self, name) < least:
+                    raise PipelineError(f"{name.replace('_', '-')} must be at least {least}, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise PipelineError(f"limit must be at least 1, got {self.limit}")
+        if self.loss != "infonce" and self.negatives < 1:
+            raise PipelineError(f"loss {self.loss} needs at least one negative per query")
+        for name in ("lr", "weight_decay", "max_grad_norm", "lambda_q", "lambda_d"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0) or (name == "lr" and value == 0):
+                raise PipelineError(f"{name.replace('_', '-')} must be a {'positive' if name == 'lr' else 'non-negative'} "
+                                    f"finite number, got {value}")
         if self.loss != "infonce" and not self.teacher:
             raise PipelineError(f"loss {self.loss} needs --teacher (a 'qid docid score' file)")
         parse_rescale(self.rescale)

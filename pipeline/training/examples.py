@@ -8,9 +8,9 @@ Batches are drawn from (seed, step) alone, so a resumed run sees the very batche
 
 from __future__ import annotations
 
-import csv
 import functools
 import logging
+import math
 import random
 from dataclasses import dataclass
 from itertools import islice
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline import data, lucene
 from pipeline.data import DataError
+from pipeline.files import text_lines
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,15 @@ def from_docpairs(dataset: str, limit: int | None = None) -> list[Example]:
 def from_tsv(path: Path) -> list[Example]:
     """`query<TAB>positive<TAB>negative` text triples; ids are the file's line numbers."""
     examples = []
-    with open(path, encoding="utf-8", newline="") as rows:
-        for number, row in enumerate(csv.reader(rows, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if not row:
-                continue
-            if len(row) != 3 or not all(field.strip() for field in row):
-                raise DataError(f"{path}:{number}: expected 'query<TAB>positive<TAB>negative', got {len(row)} fields")
-            query, positive, negative = row
-            examples.append(Example(f"{number}", query, ((f"{number}+", positive),), ((f"{number}-", negative),)))
+    for where, line in text_lines(path):
+        if not line:
+            continue
+        row = line.split("\t")
+        if len(row) != 3 or not all(field.strip() for field in row):
+            raise DataError(f"{where}: expected 'query<TAB>positive<TAB>negative', got {len(row)} fields")
+        number = where.rsplit(":", 1)[1]
+        query, positive, negative = row
+        examples.append(Example(number, query, ((f"{number}+", positive),), ((f"{number}-", negative),)))
     if not examples:
         raise DataError(f"{path}: no triples")
     return examples
@@ -111,8 +113,15 @@ def load_examples(source: str, *, negatives_index: Path | None = None, limit: in
 
 
 def read_teacher(path: Path) -> dict[tuple[str, str], float]:
-    """Teacher scores, `qid docid score` per line."""
-    return {(qid, docid): score for qid, docid, score in data.read_columns(path, {"qid": str, "docid": str, "score": float})}
+    """Teacher scores, `qid docid score` per line; a pair scored twice or a score that is not finite is refused."""
+    scores, places = {}, {}
+    for where, qid, docid, score in data.read_columns(path, {"qid": str, "docid": str, "score": float}):
+        if not math.isfinite(score):
+            raise DataError(f"{where}: score {score} is not a finite number")
+        if (qid, docid) in places:
+            raise DataError(f"{where}: query {qid!r} and document {docid!r} scored twice (first at {places[qid, docid]})")
+        scores[qid, docid], places[qid, docid] = score, where
+    return scores
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,11 +15,32 @@ def scores(queries: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
     return queries @ docs.T
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed with several processes, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def info_nce(queries: torch.Tensor, docs: torch.Tensor, group: int) -> torch.Tensor:
     """Contrastive loss with in-batch and hard negatives. `docs` holds `group` documents per query,
-    the positive first: query i's positive is row i * group; every other row is a negative for it."""
+    the positive first: query i's positive is row i * group; every other row is a negative for it.
+
+    Under torch.distributed every process's documents are negatives too (a differentiable all-gather;
+    processes hold equal shares), so the mean of the processes' losses is the single-process loss of
+    the global batch. The gather's backward sums every process's gradient for a process's documents,
+    and DDP's averaging divides by the number of processes: the update is the global batch's.
+    """
+    rank, world = _world()
+    if world > 1:
+        from torch.distributed.nn.functional import all_gather
+
+        offset = rank * docs.shape[0]
+        docs = torch.cat(all_gather(docs))
+    else:
+        offset = 0
     logits = scores(queries, docs)
-    targets = torch.arange(queries.shape[0], device=queries.device) * group
+    targets = offset + torch.arange(queries.shape[0], device=queries.device) * group
     return F.cross_entropy(logits, targets)
 
 
@@ -42,13 +63,14 @@ def flops(weights: torch.Tensor) -> torch.Tensor:
     the penalty, and the sparsity it buys, does not depend on the number of processes.
     """
     total, rows = weights.sum(dim=0), weights.shape[0]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    _, world = _world()
+    if world > 1:
         from torch.distributed.nn.functional import all_reduce
 
         # The all-reduce's backward sums the (identical) upstream gradients of every process, which
         # DDP's gradient averaging divides back: the update is that of the global-batch penalty.
         total = all_reduce(total)
-        rows *= dist.get_world_size()
+        rows *= world
     return (total / rows).square().sum()
 
 
