@@ -163,8 +163,7 @@ class PartStore:
 class PartWriter:
     """Records of one part, written to staging; on a clean exit the part is checked (one record per
     document of its span), fsynced, renamed into place, and its record written. `extra` joins the
-    record (e.g. the part's encoding counts). A killed or failed part leaves only staging behind,
-    which the part's next writer overwrites."""
+    record (e.g. the part's encoding counts)."""
 
     def __init__(self, store: PartStore, part: int, span: tuple[int, int]):
         self.store, self.part, self.span, self.extra = store, part, span, {}
@@ -184,8 +183,9 @@ class PartWriter:
         self.last_id, self.count = record["id"], self.count + 1
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is not None:
+        if kind is not None:  # a failed part leaves nothing (a killed one leaves staging, overwritten later)
             self.stream.close()
+            (self.store.staging / self.file).unlink(missing_ok=True)
             return
         self.stream.flush()
         os.fsync(self.stream.fileno())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy
 
 from pipeline import data, lucene
-from pipeline.files import atomic_path, read_jsonl
+from pipeline.files import atomic_path, jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,11 @@ def search(
     if remove_query is None:
         remove_query = corpus.queries_are_documents
     if queries is not None:
-        topics = {record["id"]: record["vector"] for record in read_jsonl(queries)}
+        topics = {}
+        for where, record in jsonl_records(queries):
+            if not isinstance(record.get("id"), str) or not isinstance(record.get("vector"), dict):
+                raise data.DataError(f"{where}: expected an encoded query {{\"id\": ..., \"vector\": {{term: weight}}}}")
+            topics[record["id"]] = record["vector"]
     else:
         topics = corpus.queries()
     run.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -130,7 +131,7 @@ class SpladeEncoder:
                 str(name_or_path), use_safetensors=True, trust_remote_code=trust_remote_code
             )
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
-        except OSError as err:
+        except (OSError, ValueError, SafetensorError) as err:  # missing, unreadable or truncated files
             raise ModelNotFoundError(f"cannot load model {name_or_path!r}: {err}") from err
         resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # fp32 whatever dtype the checkpoint was saved in: training and the exact recheck assume it.
