@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from pipeline import data
 from pipeline.background import Sink, prefetch
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path, json_line, write_json
+from pipeline.errors import OutputError, PipelineError
+from pipeline.files import STORAGE_ERRORS, atomic_path, json_line, write_json
 from pipeline.parts import PartStore, Plan
 from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
@@ -200,6 +200,8 @@ def encode(
     ranks = join(shard)
     try:
         resolved = torch.device(device) if device else ranks.device
+        encoder = SpladeEncoder.load(model, device=str(resolved))  # a bad model fails before any output
+        terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
         plan = Plan(corpus.docs_count(), part_size)
         store = PartStore(out, {
             "corpus": corpus.name, "corpus_source": _corpus_fingerprint(corpus), "model": model,
@@ -212,34 +214,42 @@ def encode(
         ranks.barrier()
         if ranks.rank != 0:
             store.open()
-        todo = [part for part in plan.of_rank(ranks.rank, ranks.world) if not store.complete(part)]
-        encoder, terms = None, None
-        if todo:
-            log.info("rank %d/%d: %d parts of %d documents to encode", ranks.rank, ranks.world, len(todo), part_size)
-            encoder = SpladeEncoder.load(model, device=str(resolved))
-            terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
-        for part in todo:
-            span = plan.span(part)
-            with store.writer(part, span) as writer:
-                counts = encode_texts(
-                    encoder, corpus.docs(*span), terms, max_length=max_doc_length, scale=scale, batch_size=batch_size,
-                    write=lambda doc, vector: writer.add(
-                        {"id": doc.id, "contents": doc.text, "vector": vector or {EMPTY_VECTOR_TERM: 1}}),
-                    what=f"docs, part {part + 1}/{plan.parts}", total=span[1] - span[0],
-                )
-                writer.extra = {"counts": asdict(counts)}
+        try:
+            _encode_parts(store, plan, ranks, corpus, encoder, terms, scale=scale, max_doc_length=max_doc_length,
+                          batch_size=batch_size)
+        except BaseException as error:
+            kept = store.discard_if_empty()
+            if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
+                raise OutputError(f"cannot write {out}: {error.strerror} "
+                                  f"({'complete parts kept: rerun to continue' if kept else 'nothing was left there'})") from None
+            raise
         ranks.barrier()
         if ranks.rank != 0 or (shard is not None and ranks.world > 1):
             if shard is not None:
                 log.info("shard %s done; run again without --shard to verify all parts and finish", shard)
             return None
-        if encoder is None:
-            encoder = SpladeEncoder.load(model, device=str(resolved))
-            terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
         return _finish(store, plan, corpus, encoder, terms, scale=scale, max_query_length=max_query_length,
                        max_doc_length=max_doc_length, batch_size=batch_size, model=model)
     finally:
         ranks.close()
+
+
+def _encode_parts(store: PartStore, plan: Plan, ranks, corpus: data.Dataset, encoder, terms, *, scale,
+                  max_doc_length, batch_size) -> None:
+    """This rank's parts that are not complete yet."""
+    todo = [part for part in plan.of_rank(ranks.rank, ranks.world) if not store.complete(part)]
+    if todo:
+        log.info("rank %d/%d: %d parts of %d documents to encode", ranks.rank, ranks.world, len(todo), plan.part_size)
+    for part in todo:
+        span = plan.span(part)
+        with store.writer(part, span) as writer:
+            counts = encode_texts(
+                encoder, corpus.docs(*span), terms, max_length=max_doc_length, scale=scale, batch_size=batch_size,
+                write=lambda doc, vector: writer.add(
+                    {"id": doc.id, "contents": doc.text, "vector": vector or {EMPTY_VECTOR_TERM: 1}}),
+                what=f"docs, part {part + 1}/{plan.parts}", total=span[1] - span[0],
+            )
+            writer.extra = {"counts": asdict(counts)}
 
 
 def _finish(store: PartStore, plan: Plan, corpus: data.Dataset, encoder, terms, *, scale, max_query_length,

@@ -153,6 +153,13 @@ class PartStore:
                     raise PartsError(f"{where}: duplicate document id {doc_id!r} (first at {seen[doc_id]})")
                 seen[doc_id] = where
 
+    def discard_if_empty(self) -> bool:
+        """After a failure: remove the folder if no part is complete (nothing to resume); say if kept."""
+        if self.records_dir.is_dir() and any(self.records_dir.iterdir()):
+            return True
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return False
+
     def finish(self, records: list[dict], summary: dict) -> None:
         """The manifest, written last: the output is complete (a killed run's staging goes)."""
         shutil.rmtree(self.staging, ignore_errors=True)

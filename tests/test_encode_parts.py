@@ -16,12 +16,15 @@ from pipeline.parts import PartsError, PartStore, Plan
 from conftest import DOCS, QUERIES, QRELS, ROOT, write_beir_folder
 
 PART_SIZE = 6
+COPIES = 5
+DOCUMENTS = COPIES * len(DOCS)
+PARTS = -(-DOCUMENTS // PART_SIZE)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """60 documents (the tiny corpus 5 times, ids suffixed): 10 parts of 6."""
-    docs = {f"{doc_id}-{copy}": value for copy in range(5) for doc_id, value in DOCS.items()}
+    """The tiny corpus COPIES times (ids suffixed): PARTS parts of PART_SIZE (the last one shorter)."""
+    docs = {f"{doc_id}-{copy}": value for copy in range(COPIES) for doc_id, value in DOCS.items()}
     return write_beir_folder(tmp_path_factory.mktemp("corpus-x5"), docs=docs)
 
 
@@ -49,14 +52,15 @@ def uninterrupted(model_path, corpus, tmp_path_factory) -> Path:
 
 def test_parts_and_manifest(uninterrupted):
     parts = part_bytes(uninterrupted)
-    assert len(parts) == 10 and not (uninterrupted / "staging").exists()
+    assert len(parts) == PARTS and not (uninterrupted / "staging").exists()
     manifest = json.loads((uninterrupted / "manifest.json").read_text())
-    assert [record["count"] for record in manifest["parts"]] == [PART_SIZE] * 10
-    assert manifest["documents"] == 60 and manifest["settings"]["part_size"] == PART_SIZE
+    assert [record["count"] for record in manifest["parts"]] == [PART_SIZE] * (PARTS - 1) + [DOCUMENTS - PART_SIZE * (PARTS - 1)]
+    assert manifest["documents"] == DOCUMENTS and manifest["settings"]["part_size"] == PART_SIZE
     ids = [json.loads(line)["id"] for name in parts for line in parts[name].splitlines()]
-    assert sorted(ids) == sorted(f"{doc_id}-{copy}" for copy in range(5) for doc_id in DOCS)
+    assert sorted(ids) == sorted(f"{doc_id}-{copy}" for copy in range(COPIES) for doc_id in DOCS)
     stats = json.loads((uninterrupted / "stats.json").read_text())
-    assert stats["docs"]["texts"] == 60 and stats["docs"]["empty"] == 5 and stats["queries"]["texts"] == len(QUERIES)
+    assert stats["docs"]["texts"] == DOCUMENTS and stats["docs"]["empty"] == COPIES
+    assert stats["queries"]["texts"] == len(QUERIES)
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
@@ -72,12 +76,12 @@ def test_interrupted_run_resumes_to_the_same_bytes(stop, model_path, corpus, uni
     process.wait()
     assert process.returncode != 0, "the run ended before it could be interrupted"
     finished = {path.name: path.stat().st_mtime_ns for path in (out / "done").iterdir()}
-    assert 1 <= len(finished) < 10 and not (out / "stats.json").exists()
+    assert 1 <= len(finished) < PARTS and not (out / "stats.json").exists()
 
     result = run(encode_command(model_path, corpus, out))
     for name, written in finished.items():  # finished parts are kept, not encoded again
         assert (out / "done" / name).stat().st_mtime_ns == written
-    assert f"{10 - len(finished)} parts" in result.stderr
+    assert f"{PARTS - len(finished)} parts" in result.stderr
     assert part_bytes(out) == part_bytes(uninterrupted)
     assert (out / "queries.jsonl").read_bytes() == (uninterrupted / "queries.jsonl").read_bytes()
     assert not (out / "staging").exists()
@@ -88,7 +92,7 @@ def test_torchrun_ranks_write_the_same_parts(model_path, corpus, uninterrupted, 
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m")
     run(encode_command(model_path, corpus, out, launcher=launcher))
     assert part_bytes(out) == part_bytes(uninterrupted)
-    assert json.loads((out / "stats.json").read_text())["docs"]["texts"] == 60
+    assert json.loads((out / "stats.json").read_text())["docs"]["texts"] == DOCUMENTS
 
 
 def test_scheduler_shards_then_verify(model_path, corpus, uninterrupted, tmp_path):
@@ -113,7 +117,7 @@ def test_changed_settings_are_refused_unless_fresh(model_path, corpus, uninterru
 
 def test_verify_finds_missing_changed_and_duplicate_parts(uninterrupted, tmp_path):
     settings = json.loads((uninterrupted / "settings.json").read_text())
-    plan = Plan(60, PART_SIZE)
+    plan = Plan(DOCUMENTS, PART_SIZE)
 
     def copy() -> PartStore:
         folder = tmp_path / f"copy-{len(list(tmp_path.iterdir()))}"
@@ -121,7 +125,7 @@ def test_verify_finds_missing_changed_and_duplicate_parts(uninterrupted, tmp_pat
         return PartStore(folder, settings)
 
     store = copy()
-    assert len(store.verify(plan)) == 10
+    assert len(store.verify(plan)) == PARTS
     (store.parts_dir / "part-00003.jsonl").unlink()
     with pytest.raises(PartsError, match="part-00003 is missing"):
         store.verify(plan)

@@ -75,11 +75,11 @@ def test_java_run_is_the_exact_ranking_in_trec_eval_order(impact_index, vectors,
 
 
 def test_query_removal_defaults_to_the_dataset(impact_index, vectors, beir_folder, tmp_path):
-    """A BEIR folder's queries are documents too: removal applies unless the caller says otherwise."""
+    """In a local folder query and document ids coincide by numbering alone: no removal unless asked."""
     out, _ = impact_index
     result = search(out, tmp_path / "run.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=5)
-    assert result["remove_query"] is True
-    assert read_trec(tmp_path / "run.trec")["q1"] == expected_ranking("q1", 5, remove_query=True)
+    assert result["remove_query"] is False
+    assert read_trec(tmp_path / "run.trec")["q1"] == expected_ranking("q1", 5, remove_query=False)
 
 
 def test_search_reports_throughput_and_single_thread_latency(impact_index, vectors, beir_folder, tmp_path):
@@ -98,7 +98,7 @@ def test_bm25_java_run_equals_hits_read_back_one_by_one(tmp_path):
     index(tmp_path / "bm25", dataset=str(beir), threads=1)
     k = len(DOCS)
     search(tmp_path / "bm25", tmp_path / "kept.trec", str(beir), k=k, remove_query=False)
-    search(tmp_path / "bm25", tmp_path / "removed.trec", str(beir), k=k)
+    search(tmp_path / "bm25", tmp_path / "removed.trec", str(beir), k=k, remove_query=True)
     hits = lucene.bm25_search(tmp_path / "bm25", queries, k=k, threads=1, k1=0.9, b=0.4)
     expected = {qid: [(docid, f"{score:.6f}", rank) for rank, (docid, score) in enumerate(trec_order(ranking), start=1)]
                 for qid, ranking in hits.items() if ranking}
