@@ -71,11 +71,14 @@ def test_a_few_steps_lower_the_loss(model_path, triples, tmp_path):
 
 def make_train(out, triples, *args, **popen):
     """`make train` as a user runs it, on the triples file (no BM25 index needed); its stderr goes to
-    `<out>.stderr` (a pipe could fill up and block it)."""
+    `<out>.stderr` (a pipe could fill up and block it). One thread: in the full suite two uninterrupted
+    2-thread runs of this command once differed in the 7th digit from step 2 on (the machine busy with
+    the suite's JVM), so bitwise equality is asked of a run whose arithmetic cannot depend on the load."""
     command = ["make", "--no-print-directory", "-C", str(ROOT), "train", f"OUT={out}", f"TRAIN_DATA={triples}",
                "TRAIN_ARGS=" + " ".join(args)]
     with open(f"{out}.stderr", "w") as stderr:
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, **popen)
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
 
 
 def stderr_of(out) -> str:
