@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -31,6 +30,7 @@ from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json
+from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
 from pipeline.splade.rescale import prepare_head
 from pipeline.training import losses
@@ -52,16 +52,6 @@ class CollapseError(PipelineError, RuntimeError):
 
 class ResumeError(PipelineError, ValueError):
     pass
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initializing torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def _autocast(precision: str, device: torch.device):
@@ -161,9 +151,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     `checkpoints/step-N/`, `train_log.jsonl` (one line per step) and `train_run.json` (the settings
     with the rescaling record and the number of processes)."""
     config.validate()
-    rank, world = _distributed()
+    ranks = join()
+    rank, world = ranks.rank, ranks.world
     out = Path(config.out)
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    device = ranks.device
     _seed_everything(config.seed)
     torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
 
@@ -281,8 +272,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
     progress.close()
     if rank == 0:
         _publish(out, last_good)
-    if world > 1:
-        dist.destroy_process_group()
+    ranks.close()
     steps_done = config.steps - start
     seconds = time.perf_counter() - started
     return {"steps": steps_done, "seconds": seconds, "steps_per_second": steps_done / seconds if seconds else None,
