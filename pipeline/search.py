@@ -20,16 +20,6 @@ from pipeline.files import atomic_path, jsonl_records
 log = logging.getLogger(__name__)
 
 
-def write_trec(hits: lucene.Hits, path: Path, tag: str) -> None:
-    """TREC format, `qid Q0 docid rank score tag`: descending score, ties by descending docid (the
-    order in which trec_eval reads a run)."""
-    with atomic_path(path) as staging, open(staging, "w") as stream:
-        for qid, ranking in hits.items():
-            ranking = trec_order(ranking)
-            for rank, (docid, score) in enumerate(ranking, start=1):
-                stream.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
-
-
 def trec_order(ranking: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """trec_eval's ranking: score descending, then docid descending."""
     return sorted(sorted(ranking, key=lambda hit: hit[0], reverse=True), key=lambda hit: hit[1], reverse=True)

@@ -69,6 +69,16 @@ def write_beir_folder(folder: Path, docs=DOCS, queries=QUERIES, qrels=QRELS) -> 
     return folder
 
 
+def write_trec(hits, path, tag):
+    """A TREC run of in-memory rankings, in trec_eval's order (as the search stage writes them)."""
+    from pipeline.search import trec_order
+
+    with open(path, "w") as stream:
+        for qid, ranking in hits.items():
+            for rank, (docid, score) in enumerate(trec_order(ranking), start=1):
+                stream.write(f"{qid} Q0 {docid} {rank} {score:.6f} {tag}\n")
+
+
 @pytest.fixture(scope="session")
 def model_path() -> str:
     if not (DEFAULT_MODEL / "model.safetensors").is_file():

@@ -7,9 +7,8 @@ import pytest
 
 from pipeline.data import read_trec_qrels, seed_cache, trec_qrels_file
 from pipeline.eval import evaluate, ranx_metrics
-from pipeline.search import write_trec
 
-from conftest import write_beir_folder
+from conftest import write_beir_folder, write_trec
 
 
 def synthetic_run(qrels, seed=0, depth=1000, drop=(), tied=False):

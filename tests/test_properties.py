@@ -22,9 +22,9 @@ from pipeline import data
 from pipeline.encode import EMPTY_VECTOR_TERM, quantize, vocabulary_terms
 from pipeline.errors import PipelineError
 from pipeline.eval import read_run
-from pipeline.search import trec_order, write_trec
+from pipeline.search import trec_order
 
-from conftest import write_beir_folder
+from conftest import write_beir_folder, write_trec
 
 # Every code point, lone surrogates (legal in JSON as \ud800) and control characters included.
 ANY_CHAR = st.characters(exclude_categories=())
