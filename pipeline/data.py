@@ -21,7 +21,6 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
@@ -216,7 +215,7 @@ class Dataset:
 
     def _raw_docs(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str, tuple[str, bool]]]:
         if self.folder is not None:
-            for where, row in islice(jsonl_records(self.folder / "corpus.jsonl"), start, stop):
+            for where, row in jsonl_records(self.folder / "corpus.jsonl", start, stop):
                 title, title_fixed = _text(row.get("title"), where, "title")
                 text, text_fixed = _text(row.get("text"), where, "text")
                 _require(row, where, ("_id",))

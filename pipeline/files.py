@@ -108,16 +108,23 @@ def text_lines(path: Path) -> Iterator[tuple[str, str]]:
             yield where, line.rstrip("\r\n")
 
 
-def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, object) of a JSON-lines file, or of every *.jsonl file of a folder in name order;
-    blank lines are skipped, anything but a JSON object on a line is refused with its place."""
+def jsonl_records(path: Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, object) of records `start` to `stop` of a JSON-lines file, or of every *.jsonl file of a
+    folder in name order; blank lines are skipped, anything but a JSON object on a line is refused with
+    its place. Records before `start` are counted, not parsed (a part of a large corpus starts fast)."""
     parts = _jsonl_parts(path)
     if not parts:
         raise DataError(f"{path}: no *.jsonl files")
+    position = 0
     for part in parts:
         for where, line in text_lines(part):
             if not line.strip():
                 continue
+            position += 1
+            if position <= start:
+                continue
+            if stop is not None and position > stop:
+                return
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
