@@ -61,7 +61,7 @@ def write_beir_folder(folder: Path, docs=DOCS, queries=QUERIES, qrels=QRELS) -> 
     with open(folder / "queries.jsonl", "w") as out:
         for qid, text in queries.items():
             out.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    with open(folder / "qrels" / "test.tsv", "w") as out:
+    with open(folder / "qrels" / "test.tsv", "w", errors="surrogatepass") as out:  # ids as given, even broken ones
         out.write("query-id\tcorpus-id\tscore\n")
         for qid, judged in qrels.items():
             for doc_id, relevance in judged.items():
