@@ -156,6 +156,16 @@ def _topic_id(qid: str) -> str:
     return qid
 
 
+def _search_collection_options(index_dir: Path, topics: Path, run: Path, *, impact: bool, k: int, threads: int,
+                               remove_query: bool, tag: str, k1: float, b: float) -> list[str]:
+    options = [
+        "-index", str(index_dir), "-topics", str(topics), "-topicReader", "TsvString", "-output", str(run),
+        "-hits", str(k), "-threads", str(threads), "-runtag", tag,
+    ]
+    options += ["-impact", "-pretokenized"] if impact else ["-bm25", "-bm25.k1", str(k1), "-bm25.b", str(b)]
+    return options + (["-removeQuery"] if remove_query else [])
+
+
 def search_collection(
     index_dir: Path, topics: Path, run: Path, *, impact: bool, k: int, threads: int, remove_query: bool,
     tag: str, k1: float = 0.9, b: float = 0.4,
@@ -170,12 +180,8 @@ def search_collection(
     Pyserini's `--remove-query` and Anserini's `-removeQuery` in their BEIR reproductions (2CR).
     """
     autoclass = start_jvm()
-    options = [
-        "-index", str(index_dir), "-topics", str(topics), "-topicReader", "TsvString", "-output", str(run),
-        "-hits", str(k), "-threads", str(threads), "-runtag", tag,
-    ]
-    options += ["-impact", "-pretokenized"] if impact else ["-bm25", "-bm25.k1", str(k1), "-bm25.b", str(b)]
-    options += ["-removeQuery"] if remove_query else []
+    options = _search_collection_options(index_dir, topics, run, impact=impact, k=k, threads=threads,
+                                         remove_query=remove_query, tag=tag, k1=k1, b=b)
     from jnius import JavaException
 
     args = autoclass("io.anserini.search.SearchCollection$Args")()
@@ -188,6 +194,16 @@ def search_collection(
             searcher.close()
     except JavaException as err:
         raise SearchError(f"Anserini search of {index_dir} with {topics} failed: {err}") from err
+
+
+def search_collection_command(index_dir: Path, topics: Path, run: Path, *, k: int, threads: int,
+                              remove_query: bool, tag: str, heap: str = DEFAULT_HEAP) -> list[str]:
+    """The same impact search as `search_collection`, as a `java` command line with no Python in it:
+    Lucene's own speed, the bound for any caller."""
+    java = find_java_home() / "bin" / "java"
+    return [str(java), f"-Xmx{heap}", "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
+            *_search_collection_options(index_dir, topics, run, impact=True, k=k, threads=threads,
+                                        remove_query=remove_query, tag=tag, k1=0.9, b=0.4)]
 
 
 def _java_list(items: Iterable):
