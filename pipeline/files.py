@@ -92,7 +92,7 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(number, bytes) of each line of a file, decompressed as it is read when its name ends in `.gz`;
     a `.gz` file cut short (or not gzip at all) is refused with the line where it breaks."""
     number = 0
-    with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as stream:
+    with gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb") as stream:
         try:
             for number, raw in enumerate(stream, start=1):
                 yield number, raw
