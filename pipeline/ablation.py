@@ -44,7 +44,7 @@ def _init_stats(model: str, inflate: float, rescale: str | None, sample: list[st
 
 
 def _retrieval(model_dir: Path, dataset: str, work: Path, name: str) -> dict:
-    encode(str(model_dir), dataset, work / "encoded")
+    encode(str(model_dir), work / "encoded", dataset=dataset)
     index(work / "lucene", vectors=work / "encoded" / "docs")
     search(work / "lucene", work / f"{name}.trec", dataset, queries=work / "encoded" / "queries.jsonl")
     return evaluate(dataset, {name: work / f"{name}.trec"})["metrics"][name]

@@ -1,4 +1,7 @@
-"""Datasets: ir_datasets ids, short BEIR/MS MARCO names, and local BEIR folders, behind one interface.
+"""Datasets (ir_datasets ids, short BEIR/MS MARCO names, local BEIR folders) and their corpora, behind
+one interface. A corpus is what is encoded and indexed, once for every dataset over it: datasets whose
+ir_datasets documents are the same object (MS MARCO dev, DL19 and DL20; a BEIR corpus's splits) share
+one, named by the shortest ir_datasets id holding those documents; local corpus files are their own.
 
 Every reader streams records, checks them as it goes and names the file and line of a bad one:
 malformed or truncated lines, missing fields, wrong types, invalid UTF-8, repeated ids, ids that
@@ -21,11 +24,12 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
 from pipeline.errors import DataError
-from pipeline.files import atomic_path, count_records, jsonl_records, text_lines
+from pipeline.files import atomic_path, count_lines, json_object, jsonl_records, record_lines, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,8 @@ LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Archive and network failures of ir_datasets while it reads (or downloads) a dataset's files; it
 # reports a failed download as a RuntimeError ("All download sources failed").
 READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile, tarfile.TarError, RuntimeError)
+# Local corpus files, each read by its name: JSON lines (BEIR or Pyserini records) or `id<TAB>text`.
+CORPUS_SUFFIXES = (".jsonl", ".jsonl.gz", ".tsv", ".tsv.gz")
 
 
 class Document(NamedTuple):
@@ -137,6 +143,103 @@ def _collect_qrels(records: Iterable[tuple[str, str, str, int]], source: str) ->
     return qrels
 
 
+def _json_document(where: str, line: str) -> tuple[str, tuple[str, bool]]:
+    """A JSON-lines document: BEIR's `_id`, `title`, `text` (joined as BEIR's text) or Pyserini's `id`, `contents`."""
+    row = json_object(where, line)
+    if "_id" in row:
+        title, title_fixed = _text(row.get("title"), where, "title")
+        text, text_fixed = _text(row.get("text"), where, "text")
+        return check_id(row["_id"], where, "document id"), (_join(title, text), title_fixed or text_fixed)
+    if "id" in row:
+        return check_id(row["id"], where, "document id"), _text(row.get("contents"), where, "contents")
+    raise DataError(f"{where}: expected a JSON object with keys ['_id'] (BEIR: _id, title, text) "
+                    "or ['id', 'contents'] (Pyserini)")
+
+
+def _tsv_document(where: str, line: str) -> tuple[str, tuple[str, bool]]:
+    """An MS MARCO-style `id<TAB>text` line (the text may hold further tabs)."""
+    doc_id, tab, text = line.partition("\t")
+    if not tab:
+        raise DataError(f"{where}: expected 'id<TAB>text', got {line[:80]!r}")
+    return check_id(doc_id, where, "document id"), _text(text, where, "text")
+
+
+def corpus_files(path: Path) -> tuple[Path, ...]:
+    """A corpus file, or a folder's corpus files (CORPUS_SUFFIXES) in name order."""
+    if not path.is_dir():
+        return (path,)
+    files = tuple(sorted(file for file in path.iterdir() if file.is_file() and file.name.endswith(CORPUS_SUFFIXES)))
+    if not files:
+        raise DataError(f"{path}: no corpus files ({', '.join('*' + suffix for suffix in CORPUS_SUFFIXES)})")
+    return files
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents to encode and index: an ir_datasets id's (`name` is the shortest id holding them), or
+    local `files` (`name` is their path), read as a stream in corpus order."""
+
+    name: str
+    files: tuple[Path, ...] = ()
+
+    def docs(self, start: int = 0, stop: int | None = None) -> Iterator[Document]:
+        """The documents from position `start` to `stop` (all by default), in corpus order; raises
+        DataError on a bad line, an id repeated within them, or an empty corpus."""
+        count = replaced = 0
+        for _, doc_id, (text, fixed) in _unique(self._raw_docs(start, stop), "document id"):
+            count += 1
+            replaced += fixed
+            yield Document(doc_id, text)
+        if not count and start == 0:
+            raise DataError(f"{self.name}: no documents")
+        if replaced:
+            log.warning("%s: %d documents had lone surrogates, each replaced by U+FFFD", self.name, replaced)
+
+    def docs_count(self) -> int:
+        """The number of documents, for planning parts and progress bars (local files: non-blank lines)."""
+        if self.files:
+            return count_lines(self.files)
+        with _reading(self.name):
+            dataset = _ir_dataset(self.name)
+            # Known from ir_datasets' metadata for its own datasets; another (a plugin's) is counted by reading.
+            count = dataset.docs_count()
+            return count if count is not None else sum(1 for _ in dataset.docs_iter())
+
+    def check(self) -> int:
+        """Read every document once, before any long work: a bad line near the end of the corpus fails
+        in seconds instead of after hours of encoding. Returns the count."""
+        return sum(1 for _ in self.docs())
+
+    def _raw_docs(self, start: int, stop: int | None) -> Iterator[tuple[str, str, tuple[str, bool]]]:
+        if self.files:
+            for path, where, line in record_lines(self.files, start, stop):
+                parse = _tsv_document if path.name.endswith((".tsv", ".tsv.gz")) else _json_document
+                yield where, *parse(where, line)
+            return
+        with _reading(self.name):
+            docs = _ir_dataset(self.name).docs_iter()[start:stop]  # a docstore seeks, not reads, to `start`
+            for position, doc in enumerate(docs, start=start + 1):
+                where = f"{self.name} document #{position}"
+                title, title_fixed = _text(getattr(doc, "title", None), where, "title")
+                text, text_fixed = _text(doc.text, where, "text")
+                yield where, check_id(doc.doc_id, where, "document id"), (_join(title, text), title_fixed or text_fixed)
+
+
+def _docs_owner(name: str) -> str:
+    """The shortest ir_datasets id (a prefix of `name`) whose documents are `name`'s very documents."""
+    import ir_datasets
+
+    documents = ir_datasets.load(name).docs_handler()
+    parts = name.split("/")
+    for end in range(1, len(parts)):
+        prefix = "/".join(parts[:end])
+        if prefix in ir_datasets.registry:
+            owner = ir_datasets.load(prefix)
+            if owner.has_docs() and owner.docs_handler() is documents:
+                return prefix
+    return name
+
+
 @dataclass(frozen=True)
 class Dataset:
     """A corpus with queries and qrels: `name` is an ir_datasets id or a local BEIR folder."""
@@ -157,18 +260,16 @@ class Dataset:
         parts = self.name.split("/")
         return self.folder is None and parts[0] == "beir" and len(parts) > 1 and parts[1] in REMOVE_QUERY
 
+    @cached_property
+    def corpus(self) -> Corpus:
+        """The documents: a BEIR folder's corpus.jsonl, or those shared by the ir_datasets ids over them."""
+        if self.folder is not None:
+            return Corpus(str(self.folder / "corpus.jsonl"), (self.folder / "corpus.jsonl",))
+        with _reading(self.name):
+            return Corpus(_docs_owner(self.name))
+
     def docs(self, start: int = 0, stop: int | None = None) -> Iterator[Document]:
-        """The documents from position `start` to `stop` (all by default), in corpus order; raises
-        DataError on a bad line, an id repeated within them, or an empty corpus."""
-        count = replaced = 0
-        for _, doc_id, (text, fixed) in _unique(self._raw_docs(start, stop), "document id"):
-            count += 1
-            replaced += fixed
-            yield Document(doc_id, text)
-        if not count and start == 0:
-            raise DataError(f"{self._source('corpus.jsonl')}: no documents")
-        if replaced:
-            log.warning("%s: %d documents had lone surrogates, each replaced by U+FFFD", self.name, replaced)
+        return self.corpus.docs(start, stop)
 
     def queries(self) -> dict[str, str]:
         """{qid: text}; raises DataError on a bad line, a repeated id or no queries at all."""
@@ -177,7 +278,7 @@ class Dataset:
             queries[qid] = text
             replaced += fixed
         if not queries:
-            raise DataError(f"{self._source('queries.jsonl')}: no queries")
+            raise DataError(f"{self.folder / 'queries.jsonl' if self.folder is not None else self.name}: no queries")
         if replaced:
             log.warning("%s: %d queries had lone surrogates, each replaced by U+FFFD", self.name, replaced)
         return queries
@@ -192,42 +293,20 @@ class Dataset:
                   check_id(q.doc_id, f"{self.name} judgment #{n}", "document id"), q.relevance)
                  for n, q in enumerate(_ir_dataset(self.name).qrels_iter(), start=1)), self.name)
 
-    def docs_count(self) -> int | None:
-        """The number of documents, for progress bars (a local corpus: its non-blank lines)."""
-        if self.folder is not None:
-            return count_records(self.folder / "corpus.jsonl")
-        return _ir_dataset(self.name).docs_count()
+    def docs_count(self) -> int:
+        return self.corpus.docs_count()
 
     def check(self) -> dict[str, int]:
-        """Read every document, query and judgment once, before any long work: a bad line near the end
-        of the corpus fails in seconds instead of after hours of encoding. Returns the counts."""
-        return {"documents": sum(1 for _ in self.docs()), "queries": len(self.queries()),
-                "judged_queries": len(self.qrels())}
+        """Read every query and judgment once, before any long work (`Corpus.check` reads the documents)."""
+        return {"queries": len(self.queries()), "judged_queries": len(self.qrels())}
 
     def check_source(self, output: Path, what: str) -> None:
-        """Refuse an output of ours (index, encoded vectors or queries) recorded as made from another dataset."""
-        recorded = recorded_dataset(output)
-        if recorded is not None and _canonical(recorded) != _canonical(self.name):
-            raise DataError(f"{output}: {what} of dataset {recorded!r}, not of {self.name!r}")
-
-    def _source(self, file: str) -> str:
-        return str(self.folder / file) if self.folder is not None else self.name
-
-    def _raw_docs(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str, tuple[str, bool]]]:
-        if self.folder is not None:
-            for where, row in jsonl_records(self.folder / "corpus.jsonl", start, stop):
-                title, title_fixed = _text(row.get("title"), where, "title")
-                text, text_fixed = _text(row.get("text"), where, "text")
-                _require(row, where, ("_id",))
-                yield where, check_id(row["_id"], where, "document id"), (_join(title, text), title_fixed or text_fixed)
-            return
-        with _reading(self.name):
-            docs = _ir_dataset(self.name).docs_iter()[start:stop]  # a docstore seeks, not reads, to `start`
-            for position, doc in enumerate(docs, start=start + 1):
-                where = f"{self.name} document #{position}"
-                title, title_fixed = _text(getattr(doc, "title", None), where, "title")
-                text, text_fixed = _text(doc.text, where, "text")
-                yield where, check_id(doc.doc_id, where, "document id"), (_join(title, text), title_fixed or text_fixed)
+        """Refuse an output of ours recorded as made from another corpus (an index) or from another
+        dataset's queries (encoded queries)."""
+        for key, ours in (("corpus", self.corpus.name), ("dataset", self.name)):
+            theirs = recorded(output, key)
+            if theirs is not None and _canonical(theirs) != _canonical(ours):
+                raise DataError(f"{output}: {what} of {key} {theirs!r}, not of {ours!r}")
 
     def _raw_queries(self) -> Iterator[tuple[str, str, tuple[str, bool]]]:
         if self.folder is not None:
@@ -308,23 +387,19 @@ def check_vectors(path: Path) -> int:
     return count
 
 
-def recorded_dataset(output: Path) -> str | None:
-    """The dataset that the stage writing `output` recorded: an index's `<index>.json` (an impact index
-    names encode's vectors, whose `stats.json` names the dataset), or encode's `stats.json` beside its
-    files. None for a file we did not write."""
-    stats = output.with_name(output.name + ".json")
-    if stats.is_file():
-        recorded = json.loads(stats.read_text())
-        return recorded_dataset(Path(recorded["source"])) if recorded.get("kind") == "impact" else recorded.get("source")
-    for folder in (output, output.parent):
-        if (folder / "stats.json").is_file():
-            return json.loads((folder / "stats.json").read_text()).get("dataset")
+def recorded(output: Path, key: str) -> str | None:
+    """What the stage writing `output` recorded it was made from (`key`: "corpus" or "dataset"), in
+    the stats file beside it (`<output>.json`: an index, encoded queries) or in encode's stats.json in
+    its folder. None for a file we did not write."""
+    for stats in (output.with_name(output.name + ".json"), output / "stats.json", output.parent / "stats.json"):
+        if stats.is_file():
+            return json.loads(stats.read_text()).get(key)
     return None
 
 
 def _canonical(spec: str) -> str:
-    """One name per dataset: short names as ir_datasets ids, folders as absolute paths."""
-    return str(Path(spec).resolve()) if Path(spec).is_dir() else SHORT_NAMES.get(spec, spec)
+    """One name per dataset or corpus: short names as ir_datasets ids, local paths as absolute paths."""
+    return str(Path(spec).resolve()) if Path(spec).exists() else SHORT_NAMES.get(spec, spec)
 
 
 def seed_cache(seed: Path, cache: Path) -> None:
@@ -385,6 +460,21 @@ def _ir_dataset(name: str):
     import ir_datasets
 
     return ir_datasets.load(name)
+
+
+def load_corpus(spec: str) -> Corpus:
+    """Documents to encode and index: a dataset's (a short name, an ir_datasets id, a BEIR folder), or
+    local files, a file or a folder of them: JSON lines in BEIR (`_id`, `title`, `text`) or Pyserini
+    (`id`, `contents`) form, or `id<TAB>text` TSV (`*.tsv`), each gzip'd or not (`.gz`)."""
+    path = Path(spec)
+    if (path / "corpus.jsonl").is_file():  # a BEIR folder: its corpus file
+        path = path / "corpus.jsonl"
+    if path.exists():
+        return Corpus(str(path), corpus_files(path))
+    try:
+        return load(spec).corpus
+    except DataError as error:
+        raise DataError(f"{spec}: no such corpus file or folder; {error}") from None
 
 
 def load(spec: str) -> Dataset:

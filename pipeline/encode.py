@@ -1,11 +1,14 @@
-"""Stage `encode`: a dataset's corpus and queries -> SPLADE impact vectors in Anserini's formats.
+"""Stage `encode`: a corpus's documents, and a dataset's queries -> SPLADE impact vectors in Anserini's formats.
 
-Output folder (resumable parts, `pipeline.parts`):
+A corpus is encoded once for every dataset over it (`data.Corpus`); each dataset's queries on their own.
+Output folder of the documents (resumable parts, `pipeline.parts`):
   docs/part-NNNNN.jsonl   JsonVectorCollection: {"id", "contents", "vector": {term: int}}, part_size
                           documents each, in corpus order of parts
   settings.json, done/, manifest.json   what the parts come from, each part's record, all of them
-  queries.jsonl           the same record per query (its text in "contents")
-  stats.json              counts, truncations, empty vectors, timing (written last)
+  queries.jsonl           the same record per query (its text in "contents"), when encoding a dataset
+  stats.json              corpus (and dataset), counts, truncations, empty vectors, timing (written last)
+A dataset's queries alone (`queries_only`) go to a file, e.g. queries/<dataset>.jsonl, with their
+stats (dataset, corpus, counts) in queries/<dataset>.jsonl.json.
 
 Weights are quantized as int(round(w * scale)) here, because Anserini truncates them to integers.
 A blank (empty or whitespace-only) text gets an empty vector. Anserini silently drops a document whose
@@ -156,11 +159,11 @@ def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write,
     return counts
 
 
-def _corpus_fingerprint(corpus: data.Dataset) -> dict:
-    if corpus.folder is None:
+def _corpus_fingerprint(corpus: data.Corpus) -> dict:
+    if not corpus.files:
         return {"ir_datasets": corpus.name}
-    source = (corpus.folder / "corpus.jsonl").resolve()
-    return {"file": str(source), "bytes": source.stat().st_size, "modified_ns": source.stat().st_mtime_ns}
+    return {str(path.resolve()): {"bytes": path.stat().st_size, "modified_ns": path.stat().st_mtime_ns}
+            for path in corpus.files}
 
 
 def _model_fingerprint(model: str) -> dict:
@@ -174,9 +177,11 @@ def _model_fingerprint(model: str) -> dict:
 
 def encode(
     model: str,
-    dataset: str,
     out: Path,
     *,
+    corpus: str | None = None,
+    dataset: str | None = None,
+    queries_only: bool = False,
     scale: float = 100,
     max_doc_length: int = 256,
     max_query_length: int = 64,
@@ -187,35 +192,45 @@ def encode(
     device: str | None = None,
     accept_collapsed: bool = False,
 ) -> dict | None:
-    """Encode `dataset`'s documents and queries with SPLADE `model` into the folder `out`.
+    """Encode with SPLADE `model` the documents of `corpus` (`data.load_corpus`) into the folder `out`;
+    or `dataset`'s corpus into `out` and its queries into `out`/queries.jsonl; or, `queries_only`,
+    `dataset`'s queries alone into the file `out`.
 
     Documents go in parts of `part_size` (`pipeline.parts`): a killed run continues from its last
     complete part. Under torchrun each rank encodes the parts i with i % world == rank and rank 0
     finishes; with `shard` ("i/N") this process encodes its parts and stops, and a run without
-    `shard` then verifies the parts and finishes. Finishing verifies every part, encodes the queries
-    and writes `stats.json` last. Returns the stats (None for a shard that does not finish).
+    `shard` then verifies the parts and finishes. Finishing verifies every part, encodes the dataset's
+    queries (if any) and writes `stats.json` last. Returns the stats (None for a shard that does not finish).
     A model whose training collapsed is refused unless `accept_collapsed`."""
-    corpus = data.load(dataset)
+    if (corpus is None) == (dataset is None) or (queries_only and dataset is None):
+        raise ValueError("encode takes a corpus, or a dataset (with queries_only, its queries alone)")
+    query_set = data.load(dataset) if dataset is not None else None
+    documents = None if queries_only else query_set.corpus if query_set is not None else data.load_corpus(corpus)
     refuse_collapsed(model, accept_collapsed)
     ranks = join(shard)
     try:
         resolved = torch.device(device) if device else ranks.device
         encoder = SpladeEncoder.load(model, device=str(resolved))  # a bad model fails before any output
         terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
-        plan = Plan(corpus.docs_count(), part_size)
+        settings = {"model": model, "scale": scale, "max_query_length": max_query_length, "batch_size": batch_size}
+        if documents is None:
+            return _encode_query_file(query_set, out, encoder, terms, settings) if ranks.rank == 0 else None
+        plan = Plan(documents.docs_count(), part_size)
         store = PartStore(out, {
-            "corpus": corpus.name, "corpus_source": _corpus_fingerprint(corpus), "model": model,
+            "corpus": documents.name, "corpus_source": _corpus_fingerprint(documents), "model": model,
             "model_files": _model_fingerprint(model), "device": resolved.type, "scale": float(scale),
             "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
         })
         if ranks.rank == 0:
-            corpus.check()  # a bad line anywhere fails now, not after hours of encoding
+            documents.check()  # a bad line anywhere fails now, not after hours of encoding
+            if query_set is not None:
+                query_set.check()
             store.open(fresh=fresh)
         ranks.barrier()
         if ranks.rank != 0:
             store.open()
         try:
-            _encode_parts(store, plan, ranks, corpus, encoder, terms, scale=scale, max_doc_length=max_doc_length,
+            _encode_parts(store, plan, ranks, documents, encoder, terms, scale=scale, max_doc_length=max_doc_length,
                           batch_size=batch_size)
         except BaseException as error:
             kept = store.discard_if_empty()
@@ -228,13 +243,12 @@ def encode(
             if shard is not None:
                 log.info("shard %s done; run again without --shard to verify all parts and finish", shard)
             return None
-        return _finish(store, plan, corpus, encoder, terms, scale=scale, max_query_length=max_query_length,
-                       max_doc_length=max_doc_length, batch_size=batch_size, model=model)
+        return _finish(store, plan, documents, query_set, encoder, terms, settings, max_doc_length=max_doc_length)
     finally:
         ranks.close()
 
 
-def _encode_parts(store: PartStore, plan: Plan, ranks, corpus: data.Dataset, encoder, terms, *, scale,
+def _encode_parts(store: PartStore, plan: Plan, ranks, corpus: data.Corpus, encoder, terms, *, scale,
                   max_doc_length, batch_size) -> None:
     """This rank's parts that are not complete yet."""
     todo = [part for part in plan.of_rank(ranks.rank, ranks.world) if not store.complete(part)]
@@ -252,35 +266,57 @@ def _encode_parts(store: PartStore, plan: Plan, ranks, corpus: data.Dataset, enc
             writer.extra = {"counts": asdict(counts)}
 
 
-def _finish(store: PartStore, plan: Plan, corpus: data.Dataset, encoder, terms, *, scale, max_query_length,
-            max_doc_length, batch_size, model) -> dict:
-    """Verify the parts, encode the queries, write the manifest and then stats.json."""
+def _encode_queries(dataset: data.Dataset, path: Path, encoder, terms, settings: dict) -> dict:
+    """`dataset`'s queries into the JSON-lines file `path`; their stats."""
+    queries_in = [data.Document(qid, text) for qid, text in dataset.queries().items()]
+    with open(path, "wb") as stream:
+        counts = encode_texts(
+            encoder, queries_in, terms, max_length=settings["max_query_length"], scale=settings["scale"],
+            batch_size=settings["batch_size"], write=lambda q, v: stream.write(json_line({"id": q.id, "contents": q.text, "vector": v})),
+            what="queries", total=len(queries_in),
+        )
+    _warn("queries", counts, settings["max_query_length"])
+    return {"queries": asdict(counts), "mean_terms_per_query": counts.terms / counts.texts if counts.texts else 0.0}
+
+
+def _encode_query_file(dataset: data.Dataset, out: Path, encoder, terms, settings: dict) -> dict:
+    """`dataset`'s queries alone into the file `out`, their stats (naming the dataset and its corpus,
+    which search checks) beside it in `out`.json, written first: `out` appears complete or not at all."""
+    dataset.check()
+    with atomic_path(out) as staging:
+        stats = {"dataset": dataset.name, "corpus": dataset.corpus.name, **settings,
+                 **_encode_queries(dataset, staging, encoder, terms, settings)}
+        write_json(out.with_name(out.name + ".json"), stats)
+    return stats
+
+
+def _finish(store: PartStore, plan: Plan, corpus: data.Corpus, dataset: data.Dataset | None, encoder, terms,
+            settings: dict, *, max_doc_length: int) -> dict:
+    """Verify the parts, encode the dataset's queries (if any), write the manifest and then stats.json."""
     records = store.verify(plan)
     docs = Counts()
     for record in records:
         for name, value in record["counts"].items():
             setattr(docs, name, getattr(docs, name) + value)
-    queries_in = [data.Document(qid, text) for qid, text in corpus.queries().items()]
-    with atomic_path(store.folder / "queries.jsonl") as staging, open(staging, "wb") as stream:
-        queries = encode_texts(
-            encoder, queries_in, terms, max_length=max_query_length, scale=scale, batch_size=batch_size,
-            write=lambda q, v: stream.write(json_line({"id": q.id, "contents": q.text, "vector": v})),
-            what="queries", total=len(queries_in),
-        )
     stats = {
-        "model": model, "dataset": corpus.name, "scale": scale, "empty_vector_term": EMPTY_VECTOR_TERM,
-        "max_doc_length": max_doc_length, "max_query_length": max_query_length, "parts": len(records),
-        "docs": asdict(docs), "queries": asdict(queries),
+        "corpus": corpus.name, "model": settings["model"], "scale": settings["scale"], "empty_vector_term": EMPTY_VECTOR_TERM,
+        "max_doc_length": max_doc_length, "parts": len(records), "docs": asdict(docs),
         "docs_per_second": docs.texts / docs.seconds if docs.seconds else None,
         "mean_terms_per_doc": docs.terms / docs.texts if docs.texts else 0.0,
-        "mean_terms_per_query": queries.terms / queries.texts if queries.texts else 0.0,
     }
+    if dataset is not None:
+        with atomic_path(store.folder / "queries.jsonl") as staging:
+            stats.update(dataset=dataset.name, max_query_length=settings["max_query_length"],
+                         **_encode_queries(dataset, staging, encoder, terms, settings))
     store.finish(records, {"documents": plan.count})
     write_json(store.folder / "stats.json", stats)
-    for what, counts, limit in (("documents", docs, max_doc_length), ("queries", queries, max_query_length)):
-        if counts.truncated:
-            log.warning("%d of %d %s were longer than %d tokens and truncated", counts.truncated, counts.texts, what, limit)
-        if counts.empty:
-            log.warning("%d of %d %s have an empty vector%s", counts.empty, counts.texts, what,
-                        f" (indexed with the reserved term {EMPTY_VECTOR_TERM})" if what == "documents" else " (they retrieve nothing)")
+    _warn("documents", docs, max_doc_length)
     return stats
+
+
+def _warn(what: str, counts: Counts, limit: int) -> None:
+    if counts.truncated:
+        log.warning("%d of %d %s were longer than %d tokens and truncated", counts.truncated, counts.texts, what, limit)
+    if counts.empty:
+        log.warning("%d of %d %s have an empty vector%s", counts.empty, counts.texts, what,
+                    f" (indexed with the reserved term {EMPTY_VECTOR_TERM})" if what == "documents" else " (they retrieve nothing)")

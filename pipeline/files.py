@@ -4,11 +4,13 @@ so an interrupted run never leaves a half-written file that looks finished (to M
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -86,38 +88,41 @@ def _jsonl_parts(path: Path) -> list[Path]:
     return sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
 
 
-def count_records(path: Path) -> int:
-    """Records of a JSON-lines file or folder, counted by line (no parsing: vectors lines are long)."""
-    total = 0
-    for part in _jsonl_parts(path):
-        with open(part, "rb") as lines:
-            total += sum(1 for line in lines if line.strip())
-    return total
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(number, bytes) of each line of a file, decompressed as it is read when its name ends in `.gz`;
+    a `.gz` file cut short (or not gzip at all) is refused with the line where it breaks."""
+    number = 0
+    with gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb") as stream:
+        try:
+            for number, raw in enumerate(stream, start=1):
+                yield number, raw
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            raise DataError(f"{path}:{number + 1}: cannot decompress ({err})") from None
 
 
 def text_lines(path: Path) -> Iterator[tuple[str, str]]:
-    """(where, line) of a UTF-8 text file, `where` as `path:line`: a BOM is skipped, CRLF reads as LF,
-    invalid UTF-8 is refused with its line and column."""
-    with open(path, "rb") as stream:
-        for number, raw in enumerate(stream, start=1):
-            where = f"{path}:{number}"
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
-            yield where, line.rstrip("\r\n")
+    """(where, line) of a UTF-8 text file (gzip'd when its name ends in `.gz`), `where` as `path:line`:
+    a BOM is skipped, CRLF reads as LF, invalid UTF-8 is refused with its line and column."""
+    for number, raw in _raw_lines(path):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+        yield where, line.rstrip("\r\n")
 
 
-def jsonl_records(path: Path, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, dict]]:
-    """(where, object) of records `start` to `stop` of a JSON-lines file, or of every *.jsonl file of a
-    folder in name order; blank lines are skipped, anything but a JSON object on a line is refused with
-    its place. Records before `start` are counted, not parsed (a part of a large corpus starts fast)."""
-    parts = _jsonl_parts(path)
-    if not parts:
-        raise DataError(f"{path}: no *.jsonl files")
+def count_lines(paths: Sequence[Path]) -> int:
+    """Non-blank lines of `paths`, as `record_lines` counts records (not parsed: vectors lines are long)."""
+    return sum(1 for path in paths for _, line in text_lines(path) if line.strip())
+
+
+def record_lines(paths: Sequence[Path], start: int = 0, stop: int | None = None) -> Iterator[tuple[Path, str, str]]:
+    """(file, where, line) of the non-blank lines `start` to `stop` of `paths` read in turn, one record
+    a line. Lines before `start` are counted, not parsed (a part of a large corpus starts fast)."""
     position = 0
-    for part in parts:
-        for where, line in text_lines(part):
+    for path in paths:
+        for where, line in text_lines(path):
             if not line.strip():
                 continue
             position += 1
@@ -125,13 +130,28 @@ def jsonl_records(path: Path, start: int = 0, stop: int | None = None) -> Iterat
                 continue
             if stop is not None and position > stop:
                 return
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
+            yield path, where, line
+
+
+def json_object(where: str, line: str) -> dict:
+    """One JSON-lines record, refused with its place unless it is a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, object) of the records of a JSON-lines file, or of every *.jsonl file of a folder in name
+    order; blank lines are skipped, anything but a JSON object on a line is refused with its place."""
+    parts = _jsonl_parts(path)
+    if not parts:
+        raise DataError(f"{path}: no *.jsonl files")
+    for _, where, line in record_lines(parts):
+        yield where, json_object(where, line)
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:

@@ -1,7 +1,7 @@
 """Stage `index`: Lucene indexes through Anserini (Pyserini's jar).
 
 - impact: the `docs/` folder of `encode` (JsonVectorCollection), indexed `-impact -pretokenized`;
-- BM25: the dataset's text ({"id", "contents"} JsonCollection), indexed as Pyserini's BEIR "flat" indexes.
+- BM25: a corpus's text ({"id", "contents"} JsonCollection), indexed as Pyserini's BEIR "flat" indexes.
   Lucene cannot index a blank text and BM25 could never retrieve it: blank documents are left out,
   counted and reported (as in Pyserini's indexes, so that BM25's document count and IDF match theirs).
 
@@ -9,8 +9,9 @@ Anserini's IndexCollection indexes each file of a collection on one thread: a co
 files than threads is split at line boundaries into a temporary folder beside the index (a copy of
 the collection) so that every thread has a part to index.
 
-The stats file beside the index (`<index>.json`) is written last; the stage fails if Lucene holds
-a different number of documents than the collection (Anserini skips some documents silently).
+The stats file beside the index (`<index>.json`) is written last and names the corpus (which search
+checks); the stage fails if Lucene holds a different number of documents than the collection
+(Anserini skips some documents silently).
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ class IndexCountError(PipelineError, RuntimeError):
     pass
 
 
-def _write_text_collection(dataset: data.Dataset, folder: Path) -> tuple[int, int]:
+def _write_text_collection(corpus: data.Corpus, folder: Path) -> tuple[int, int]:
     """Write the {"id", "contents"} collection; return (written, blank documents left out)."""
     shards, blank = ShardWriter(folder, shard_size=500_000), 0
     try:
-        for doc in tqdm(dataset.docs(), total=dataset.docs_count(), desc="collection", unit="docs"):
+        for doc in tqdm(corpus.docs(), total=corpus.docs_count(), desc="collection", unit="docs"):
             if doc.text.strip():
                 shards.write({"id": doc.id, "contents": doc.text})
             else:
@@ -81,19 +82,19 @@ def split_for_threads(collection: Path, threads: int, folder: Path) -> Path:
     return folder
 
 
-def index(out: Path, *, vectors: Path | None = None, dataset: str | None = None, threads: int = 2) -> dict:
-    """Build the impact index of `vectors`, or else the BM25 index of `dataset`, at `out`."""
-    if (vectors is None) == (dataset is None):
-        raise ValueError("index takes either vectors (an impact index) or dataset (a BM25 index)")
+def index(out: Path, *, vectors: Path | None = None, corpus: str | None = None, threads: int = 2) -> dict:
+    """Build the impact index of `vectors`, or else the BM25 index of `corpus` (`data.load_corpus`), at `out`."""
+    if (vectors is None) == (corpus is None):
+        raise ValueError("index takes either vectors (an impact index) or corpus (a BM25 index)")
     started, blank = time.perf_counter(), 0
     with atomic_path(out, directory=True) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
         if vectors is not None:
             expected, written = data.check_vectors(vectors), vectors  # Anserini would skip a bad record silently
-            kind, impact, source = "JsonVectorCollection", True, str(vectors)
+            kind, impact, source, corpus_name = "JsonVectorCollection", True, str(vectors), data.recorded(vectors, "corpus")
         else:
-            written = Path(work) / "text"
-            expected, blank = _write_text_collection(data.load(dataset), written)
-            kind, impact, source = "JsonCollection", False, dataset
+            written, documents = Path(work) / "text", data.load_corpus(corpus)
+            expected, blank = _write_text_collection(documents, written)
+            kind, impact, source, corpus_name = "JsonCollection", False, corpus, documents.name
         collection = split_for_threads(written, threads, Path(work) / "parts")
         parts = len(list(collection.glob("*.jsonl")))
         indexing = time.perf_counter()
@@ -102,9 +103,9 @@ def index(out: Path, *, vectors: Path | None = None, dataset: str | None = None,
         indexed = lucene.count_documents(staging)
         if indexed != expected:
             raise IndexCountError(f"{source}: {expected} documents in the collection but {indexed} in the index")
-    stats = {"index": str(out), "source": source, "kind": "bm25" if dataset else "impact", "documents": indexed,
-             "blank_documents_left_out": blank, "threads": threads, "parts": parts, "indexing_seconds": indexing,
-             "seconds": time.perf_counter() - started}
+    stats = {"index": str(out), "source": source, "corpus": corpus_name, "kind": "impact" if impact else "bm25",
+             "documents": indexed, "blank_documents_left_out": blank, "threads": threads, "parts": parts,
+             "indexing_seconds": indexing, "seconds": time.perf_counter() - started}
     if blank:
         log.warning("%s: %d blank documents left out of the BM25 index", source, blank)
     write_json(out.with_name(out.name + ".json"), stats)

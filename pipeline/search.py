@@ -66,16 +66,17 @@ def search(
     (as Pyserini's `--remove-query` in its BEIR reproductions, so a ranking may hold k - 1 hits); by
     default it applies where the dataset's queries are also documents. Throughput is that of the run
     on `threads` threads; latency (p50, p99) that of up to `latency_queries` queries searched alone on
-    one thread afterwards. An index or queries recorded as made from another dataset are refused.
+    one thread afterwards. An index recorded as made from another corpus than the dataset's, or queries
+recorded as another dataset's, are refused.
     """
-    corpus = data.load(dataset)
+    query_set = data.load(dataset)
     if not any(index.glob("segments_*")):
         raise data.DataError(f"{index}: not a Lucene index (run the index stage first)")
-    corpus.check_source(index, "an index")
+    query_set.check_source(index, "an index")
     if queries is not None:
-        corpus.check_source(queries, "encoded queries")
+        query_set.check_source(queries, "encoded queries")
     if remove_query is None:
-        remove_query = corpus.queries_are_documents
+        remove_query = query_set.queries_are_documents
     if queries is not None:
         topics = {}
         for where, record in jsonl_records(queries):
@@ -83,7 +84,7 @@ def search(
                 raise data.DataError(f"{where}: expected an encoded query {{\"id\": ..., \"vector\": {{term: weight}}}}")
             topics[record["id"]] = record["vector"]
     else:
-        topics = corpus.queries()
+        topics = query_set.queries()
     run.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{run.name}.", dir=run.parent) as work:
         topics_file, anserini_run = Path(work) / "topics.tsv", Path(work) / "anserini.trec"

@@ -143,15 +143,15 @@ def search_comparison(index_dir: Path, queries: Path, dataset: str, work: Path, 
     return results
 
 
-def search_bench(encoded: Path, dataset: str, work: Path, out: Path, *, copies: int = 20, k: int = 1000,
-                 threads: int = 2) -> dict:
-    """Index and search `encoded` (encode's output for `dataset`, whose queries it uses) replicated
-    `copies` times under `work`; write the figures to `out` and return them."""
+def search_bench(encoded: Path, queries: Path, dataset: str, work: Path, out: Path, *, copies: int = 20,
+                 k: int = 1000, threads: int = 2) -> dict:
+    """Index `encoded` (encode's output for `dataset`'s corpus) replicated `copies` times under `work`
+    and search it with `queries` (`dataset`'s, encoded); write the figures to `out` and return them."""
     documents = replicate(encoded / "docs", copies, work / "corpus")
     log.info("%d documents, k=%d, %d threads", documents, k, threads)
     results = {"dataset": dataset, "documents": documents, "k": k, "threads": threads, "cpus": os.cpu_count(),
                "indexing_seconds": indexing_seconds(work / "corpus", work, threads),
-               **search_comparison(work / "index", encoded / "queries.jsonl", dataset, work, k=k, threads=threads)}
+               **search_comparison(work / "index", queries, dataset, work, k=k, threads=threads)}
     write_json(out, results)
     log.info("ours %.1fx Pyserini's CLI end to end, %.1fx at the margin; %.0f%% of Anserini's own speed in Java "
              "(%.0f%% at the margin); identical rankings: %s (details in %s)",

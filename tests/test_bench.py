@@ -4,7 +4,7 @@ roofline and the flat-memory runs are measured, and the report says so."""
 import json
 
 from pipeline.bench import bench, compare, replicated_folder
-from pipeline.files import count_records
+from pipeline.files import count_lines
 
 from conftest import DOCS
 
@@ -18,7 +18,7 @@ def test_compare_counts_differing_missing_and_extra_entries():
 
 def test_replicated_folder_suffixes_ids(beir_folder, tmp_path):
     folder = replicated_folder(str(beir_folder), 3, tmp_path / "x3")
-    assert count_records(folder / "corpus.jsonl") == 3 * len(DOCS)
+    assert count_lines([folder / "corpus.jsonl"]) == 3 * len(DOCS)
     ids = [json.loads(line)["_id"] for line in open(folder / "corpus.jsonl")]
     assert len(set(ids)) == len(ids) and "d01-r2" in ids
 

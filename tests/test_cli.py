@@ -19,6 +19,6 @@ def test_malformed_corpus_line_through_the_cli(tmp_path):
 
     folder = write_beir_folder(tmp_path / "beir")
     (folder / "corpus.jsonl").write_text('{"_id": "a", "text": "fine"}\nnot json\n')
-    result = run_cli("index", "--dataset", str(folder), "--out", str(tmp_path / "index"))
+    result = run_cli("index", "--corpus", str(folder), "--out", str(tmp_path / "index"))
     assert result.returncode == 2
     assert f"{folder / 'corpus.jsonl'}:2: malformed JSON" in result.stderr

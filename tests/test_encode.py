@@ -50,7 +50,7 @@ def test_max_pool_before_activation_equals_splade_max(encoder):
 
 def test_encode_counts_truncation_and_keeps_empty_documents(model_path, beir_folder, tmp_path):
     out = tmp_path / "encoded"
-    stats = encode(model_path, str(beir_folder), out, max_doc_length=32, batch_size=4)
+    stats = encode(model_path, out, dataset=str(beir_folder), max_doc_length=32, batch_size=4)
     docs = {record["id"]: record for record in read_jsonl(out / "docs")}
     assert set(docs) == set(DOCS)
     assert docs["d09"]["vector"] == {EMPTY_VECTOR_TERM: 1}

@@ -19,10 +19,10 @@ from conftest import DOCS, QUERIES, write_beir_folder
 def tiny_run(model_path, beir_folder, tmp_path_factory):
     work = tmp_path_factory.mktemp("spine")
     dataset = str(beir_folder)
-    encode(model_path, dataset, work / "encoded", batch_size=4)
+    encode(model_path, work / "encoded", dataset=dataset, batch_size=4)
     stats = index(work / "impact", vectors=work / "encoded" / "docs", threads=2)
     search(work / "impact", work / "splade.trec", dataset, queries=work / "encoded" / "queries.jsonl", k=len(DOCS))
-    bm25_stats = index(work / "bm25", dataset=dataset, threads=2)
+    bm25_stats = index(work / "bm25", corpus=dataset, threads=2)
     search(work / "bm25", work / "bm25.trec", dataset, k=len(DOCS))
     return work, stats, bm25_stats
 
@@ -73,7 +73,7 @@ def test_splade_and_bm25_find_the_relevant_documents(tiny_run, beir_folder):
 
 def test_bm25_reproduces_pyserini_on_scifact(tmp_path):
     """Published BM25 flat (Pyserini 2CR, with --remove-query as on every BEIR set): nDCG@10 0.6789, R@100 0.9253."""
-    index(tmp_path / "bm25", dataset="scifact", threads=2)
+    index(tmp_path / "bm25", corpus="scifact", threads=2)
     search(tmp_path / "bm25", tmp_path / "bm25.trec", "scifact")
     metrics = evaluate("scifact", {"bm25": tmp_path / "bm25.trec"}, tmp_path / "eval.json")["metrics"]["bm25"]
     assert metrics["ndcg@10"] == pytest.approx(0.6789, abs=0.002)
@@ -102,7 +102,7 @@ def test_remove_query_drops_only_the_query_own_id_and_only_when_asked(tmp_path):
     docs = {"1": ("", "coffee and caffeine"), "2": ("", "volcanoes and lava"), "3": ("", "caffeine in tea")}
     folder = write_beir_folder(tmp_path / "beir", docs=docs, queries={"1": "caffeine", "2": "lava"},
                                qrels={"1": {"1": 1}, "2": {"2": 1}})
-    index(tmp_path / "bm25", dataset=str(folder), threads=1)
+    index(tmp_path / "bm25", corpus=str(folder), threads=1)
     search(tmp_path / "bm25", tmp_path / "kept.trec", str(folder))
     search(tmp_path / "bm25", tmp_path / "removed.trec", str(folder), remove_query=True)
     kept, removed = read_trec(tmp_path / "kept.trec"), read_trec(tmp_path / "removed.trec")
@@ -115,14 +115,14 @@ def test_search_refuses_an_index_of_another_dataset(tiny_run, tmp_path):
     work, *_ = tiny_run
     other = write_beir_folder(tmp_path / "other", docs={"x1": ("", "caffeine")}, queries={"q1": "caffeine"},
                               qrels={"q1": {"x1": 1}})
-    with pytest.raises(data.DataError, match=r"bm25: an index of dataset .*, not of .*other"):
+    with pytest.raises(data.DataError, match=r"bm25: an index of corpus .*tiny-beir.*/corpus.jsonl', not of .*other/corpus.jsonl"):
         search(work / "bm25", tmp_path / "run.trec", str(other))
-    with pytest.raises(data.DataError, match=r"impact: an index of dataset .*tiny-beir"):
+    with pytest.raises(data.DataError, match=r"impact: an index of corpus .*tiny-beir"):
         search(work / "impact", tmp_path / "run.trec", str(other), queries=work / "encoded" / "queries.jsonl")
     assert not (tmp_path / "run.trec").exists()
 
 
 def test_documents_whose_weights_all_round_to_zero_are_still_indexed(model_path, beir_folder, tmp_path):
-    stats = encode(model_path, str(beir_folder), tmp_path / "encoded", scale=1e-4, batch_size=8)
+    stats = encode(model_path, tmp_path / "encoded", dataset=str(beir_folder), scale=1e-4, batch_size=8)
     assert stats["docs"]["empty"] == len(DOCS)
     assert index(tmp_path / "impact", vectors=tmp_path / "encoded" / "docs")["documents"] == len(DOCS)

@@ -95,7 +95,7 @@ def test_bm25_java_run_equals_hits_read_back_one_by_one(tmp_path):
     read hit by hit; a query that is also a document loses it from its ranking."""
     queries = {**QUERIES, "d05": "penguins are flightless birds"}
     beir = write_beir_folder(tmp_path / "beir", queries=queries)
-    index(tmp_path / "bm25", dataset=str(beir), threads=1)
+    index(tmp_path / "bm25", corpus=str(beir), threads=1)
     k = len(DOCS)
     search(tmp_path / "bm25", tmp_path / "kept.trec", str(beir), k=k, remove_query=False)
     search(tmp_path / "bm25", tmp_path / "removed.trec", str(beir), k=k, remove_query=True)
@@ -133,7 +133,7 @@ def test_impact_index_is_the_same_whatever_the_threads(impact_index, vectors, be
 
 def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):
     for threads in (1, 3):
-        stats = index(tmp_path / f"bm25-{threads}", dataset=str(beir_folder), threads=threads)
+        stats = index(tmp_path / f"bm25-{threads}", corpus=str(beir_folder), threads=threads)
         assert stats["parts"] == threads and stats["documents"] == len(DOCS) - 1
         search(tmp_path / f"bm25-{threads}", tmp_path / f"{threads}.trec", str(beir_folder), k=len(DOCS), tag="bm25")
     assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()

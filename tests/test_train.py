@@ -215,7 +215,7 @@ def test_queries_without_positive_are_left_out(tmp_path, caplog):
     from pipeline.index import index
 
     folder = write_beir_folder(tmp_path / "beir", queries={**QUERIES, "q9": "an unjudged query about deserts"})
-    index(tmp_path / "bm25", dataset=str(folder))
+    index(tmp_path / "bm25", corpus=str(folder))
     examples = from_qrels(str(folder), tmp_path / "bm25", depth=5)
     assert sorted(e.qid for e in examples) == sorted(QUERIES)
     assert "1 of 6 queries have no positive document" in caplog.text
