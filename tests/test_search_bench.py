@@ -16,7 +16,8 @@ def test_search_bench_compares_ours_with_pyserini_and_anserini_alone(beir_folder
     (encoded / "queries.jsonl").write_text(
         "".join(json.dumps({"id": qid, "vector": vector}) + "\n" for qid, vector in QUERY_VECTORS.items()))
     out = tmp_path / "search-bench.json"
-    results = search_bench(encoded, str(beir_folder), tmp_path / "work", out, copies=2, k=5, threads=1)
+    results = search_bench(encoded, encoded / "queries.jsonl", str(beir_folder), tmp_path / "work", out, copies=2, k=5,
+                           threads=1)
     assert json.loads(out.read_text()) == json.loads(json.dumps(results))
     assert results["documents"] == 2 * len(VECTORS) and results["queries"] == len(QUERY_VECTORS)
     assert results["identical_rankings_pyserini_cli"] and results["identical_rankings_anserini_java"]
