@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PipelineError, OSError) as err:  # OSError: a missing, unreadable or unwritable path, named by it
         print(f"error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the stage has said what it kept; no traceback
+        print(f"interrupted: {args.stage} stopped", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -234,6 +234,8 @@ def encode(
                           batch_size=batch_size)
         except BaseException as error:
             kept = store.discard_if_empty()
+            if isinstance(error, KeyboardInterrupt) and kept:
+                log.warning("interrupted: the complete parts stay in %s; the same command continues from them", out)
             if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
                 raise OutputError(f"cannot write {out}: {error.strerror} "
                                   f"({'complete parts kept: rerun to continue' if kept else 'nothing was left there'})") from None

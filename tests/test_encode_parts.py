@@ -66,8 +66,10 @@ def test_parts_and_manifest(uninterrupted):
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_interrupted_run_resumes_to_the_same_bytes(stop, model_path, corpus, uninterrupted, tmp_path):
     out = tmp_path / "encoded"
-    process = subprocess.Popen(encode_command(model_path, corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = tmp_path / "interrupted.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(encode_command(model_path, corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
     first = out / "done" / "part-00000.json"
     deadline = time.monotonic() + 120
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -75,6 +77,10 @@ def test_interrupted_run_resumes_to_the_same_bytes(stop, model_path, corpus, uni
     process.send_signal(stop)
     process.wait()
     assert process.returncode != 0, "the run ended before it could be interrupted"
+    if stop == signal.SIGINT:  # Ctrl-C: a line saying what is kept, no traceback
+        said = log.read_text()
+        assert process.returncode == 130 and "Traceback" not in said, said[-2000:]
+        assert "the same command continues" in said and "interrupted: encode stopped" in said
     finished = {path.name: path.stat().st_mtime_ns for path in (out / "done").iterdir()}
     assert 1 <= len(finished) < PARTS and not (out / "stats.json").exists()
 
