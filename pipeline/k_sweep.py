@@ -323,6 +323,12 @@ def k_sweep(model: str, data_source: str, negatives_index: Path, dataset: str, o
     examples = load_examples(data_source, negatives_index=negatives_index)
     target = eval_set(dataset, eval_docs)
     untrained = [{"name": "released model, untrained", **evaluate_model(model, target)}]
+    if SURROGATES[surrogate]:  # the surrogate's own symptom, before any training
+        sick = SpladeEncoder.load(model, device="cpu")
+        prepare_head(sick.model, sick.tokenizer, bias_shift=SURROGATES[surrogate])
+        sick.model.save_pretrained(out / "untrained-surrogate", sick.tokenizer)
+        untrained.append({"name": f"bias shifted by {SURROGATES[surrogate]:g}, untrained",
+                          **evaluate_model(out / "untrained-surrogate", target)})
     trained: dict[str, list[dict]] = {}  # fingerprint of the head at init -> its runs, one per seed
     runs = []
     for cell in cells:
