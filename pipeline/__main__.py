@@ -145,8 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--surrogate", choices=["inflate", "dense"], default="inflate",
                    help="inflate: W <- W * F; dense: the bias shifted too, dense vectors at init")
     p.add_argument("--out", type=Path, help="default runs/k-sweep (inflate), runs/k-sweep-dense (dense)")
-    p.add_argument("--factors", type=_positive_float, nargs="+", help="inflations F (default 1 4 16 64; dense: 1 4)")
-    p.add_argument("--ks", type=_positive_float, nargs="+", help="fixed k (default 1 4 16 64; dense: 1 4 16)")
+    p.add_argument("--factors", type=_positive_float, nargs="+", help="inflations F (default 1 4 16 64; dense: 1)")
+    p.add_argument("--ks", type=_positive_float, nargs="+", help="fixed k (default 1 4 16 64; dense: 1 16)")
     p.add_argument("--seeds", type=_positive_int, default=3)
     p.add_argument("--steps", type=_positive_int, default=16, help="training steps per run (a longer sweep: more)")
     p.add_argument("--batch-size", type=_positive_int, default=8)

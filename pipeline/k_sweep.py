@@ -43,7 +43,7 @@ from pipeline.training_runs import figure, plot_curves, save_figure, train_varia
 log = logging.getLogger(__name__)
 
 SURROGATES = {"inflate": 0.0, "dense": DENSE_BIAS_SHIFT}  # surrogate -> bias shift
-DEFAULT_GRIDS = {"inflate": ([1.0, 4.0, 16.0, 64.0], [1.0, 4.0, 16.0, 64.0]), "dense": ([1.0, 4.0], [1.0, 4.0, 16.0])}
+DEFAULT_GRIDS = {"inflate": ([1.0, 4.0, 16.0, 64.0], [1.0, 4.0, 16.0, 64.0]), "dense": ([1.0], [1.0, 16.0])}
 METRICS = ("ndcg@10", "recall@100")
 # Documents are cut at 128 tokens (encode's default is 256): it halves each of the many evaluations,
 # and the untrained reference is measured the same way.
