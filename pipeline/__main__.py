@@ -148,11 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--factors", type=_positive_float, nargs="+", help="inflations F (default 1 4 16 64; dense: 1)")
     p.add_argument("--ks", type=_positive_float, nargs="+", help="fixed k (default 1 4 16 64; dense: 1 16)")
     p.add_argument("--seeds", type=_positive_int, default=3)
-    p.add_argument("--steps", type=_positive_int, default=16, help="training steps per run (a longer sweep: more)")
+    p.add_argument("--steps", type=_positive_int, default=48, help="training steps per run (a longer sweep: more)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--lr", type=_positive_float, default=1e-4)
     p.add_argument("--max-doc-length", type=_positive_int, default=64, help="training document length, tokens")
     p.add_argument("--eval-docs", type=int, default=800, help="documents evaluated on (judged + a sample; 0: all)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (one is fastest on a loaded machine)")
 
     p = stages.add_parser("report", help="one markdown report with figures from what runs/ and models/ hold")
     p.add_argument("--runs", type=Path, default=Path("runs"))
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.out or Path("runs/k-sweep" + ("" if args.surrogate == "inflate" else f"-{args.surrogate}")),
                     factors=args.factors or factors, ks=args.ks or ks, seeds=args.seeds, surrogate=args.surrogate,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_doc_length=args.max_doc_length,
-                    eval_docs=args.eval_docs or None)
+                    eval_docs=args.eval_docs or None, threads=args.threads)
         elif args.stage == "report":
             from pipeline.report import report
 
