@@ -113,17 +113,19 @@ def evaluate_model(model: Path | str, target: EvalSet) -> dict:
     query_ids = list(target.queries)
     queries = sparse_vectors(encoder, [target.queries[qid] for qid in query_ids], max_length=QUERY_LENGTH)
     hits = exact_search(query_ids, queries, target.doc_ids, docs, remove_query=target.remove_query)
+    ranked = {qid: ranking for qid, ranking in hits.items() if ranking}
+    active = {"eval_active_d": active_terms(docs), "eval_active_q": active_terms(queries)}
+    if not ranked:  # no query shares a term with any document
+        return {**_zero_scores(target), **active}
     qrels = Qrels(target.qrels)
-    run = ranked_run({qid: ranking for qid, ranking in hits.items() if ranking} or {query_ids[0]: []}, "run")
-    run = run.make_comparable(qrels)  # a judged query without hits scores 0, as trec_eval -c
+    run = ranked_run(ranked, "run").make_comparable(qrels)  # a judged query without hits scores 0, as trec_eval -c
     ranx_evaluate(qrels, run, list(METRICS))
     return {"per_query": {metric: dict(run.scores[metric]) for metric in METRICS},
-            **{metric: float(np.mean(list(run.scores[metric].values()))) for metric in METRICS},
-            "eval_active_d": active_terms(docs), "eval_active_q": active_terms(queries)}
+            **{metric: float(np.mean(list(run.scores[metric].values()))) for metric in METRICS}, **active}
 
 
 def _zero_scores(target: EvalSet) -> dict:
-    """What a run that left no model retrieves: nothing."""
+    """What retrieves nothing (a run that left no model, or vectors sharing no term) scores."""
     return {"per_query": {metric: dict.fromkeys(target.qrels, 0.0) for metric in METRICS},
             **dict.fromkeys(METRICS, 0.0), "eval_active_d": None, "eval_active_q": None}
 
@@ -172,9 +174,9 @@ def _paired(values: dict, against: dict, metric: str = "ndcg@10") -> dict | None
     seeds = sorted(set(values) & set(against))
     pairs = [(row["per_query"][metric][qid], other["per_query"][metric][qid])
              for seed in seeds for row, other in [(values[seed], against[seed])] for qid in row["per_query"][metric]]
-    first, second = np.array(pairs).T
-    if not len(pairs) or np.array_equal(first, second):
+    if not pairs or all(first == second for first, second in pairs):
         return None
+    first, second = np.array(pairs).T
     test = stats.ttest_rel(first, second)
     return {"difference": float(np.mean(first - second)), "p": float(test.pvalue), "pairs": len(pairs)}
 
