@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--lr", type=_positive_float, default=1e-4)
     p.add_argument("--max-doc-length", type=_positive_int, default=64, help="training document length, tokens")
+    p.add_argument("--lambda-q", type=float, help="FLOPS regularization of queries (default: train's)")
+    p.add_argument("--lambda-d", type=float, help="FLOPS regularization of documents (default: train's)")
     p.add_argument("--eval-docs", type=int, default=800, help="documents evaluated on (judged + a sample; 0: all)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (one is fastest on a loaded machine)")
 
@@ -237,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.out or Path("runs/k-sweep" + ("" if args.surrogate == "inflate" else f"-{args.surrogate}")),
                     factors=args.factors or factors, ks=args.ks or ks, seeds=args.seeds, surrogate=args.surrogate,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_doc_length=args.max_doc_length,
-                    eval_docs=args.eval_docs or None, threads=args.threads)
+                    eval_docs=args.eval_docs or None, threads=args.threads,
+                    **{name: value for name in ("lambda_q", "lambda_d") if (value := getattr(args, name)) is not None})
         elif args.stage == "report":
             from pipeline.report import report
 
