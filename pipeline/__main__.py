@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-doc-length", type=_positive_int, default=64, help="training document length, tokens")
     p.add_argument("--lambda-q", type=float, help="FLOPS regularization of queries (default: train's)")
     p.add_argument("--lambda-d", type=float, help="FLOPS regularization of documents (default: train's)")
+    p.add_argument("--collapse-max-fraction", type=float,
+                   help="active share of the vocabulary that stops training as collapsed (default: train's; "
+                        "above 1: never, to see whether training recovers)")
     p.add_argument("--eval-docs", type=int, default=800, help="documents evaluated on (judged + a sample; 0: all)")
     p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (one is fastest on a loaded machine)")
 
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     factors=args.factors or factors, ks=args.ks or ks, seeds=args.seeds, surrogate=args.surrogate,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_doc_length=args.max_doc_length,
                     eval_docs=args.eval_docs or None, threads=args.threads,
-                    **{name: value for name in ("lambda_q", "lambda_d") if (value := getattr(args, name)) is not None})
+                    **{name: value for name in ("lambda_q", "lambda_d", "collapse_max_fraction") if (value := getattr(args, name)) is not None})
         elif args.stage == "report":
             from pipeline.report import report
 

@@ -240,7 +240,8 @@ def _test(result: dict | None) -> str:
 def _markdown(result: dict) -> str:
     settings, lines = result["settings"], []
     lines += [f"# k sweep ({settings['surrogate']} surrogate): {settings['steps']} steps of {settings['batch_size']} "
-              f"queries, lr {settings['lr']:g}, FLOPS lambda q/d {settings['lambda_q']:g}/{settings['lambda_d']:g}, seeds {settings['seeds']}, on {settings['data']}", "",
+              f"queries, lr {settings['lr']:g}, FLOPS lambda q/d {settings['lambda_q']:g}/{settings['lambda_d']:g}, seeds {settings['seeds']}, on {settings['data']}; "
+              f"training stops as collapsed above {settings['collapse_max_fraction']:.0%} of the vocabulary active", "",
               f"Evaluated on {result['eval']['dataset']}: {result['eval']['queries']} queries, "
               f"{result['eval']['docs']} documents (every judged one and a seeded sample of the others), exact "
               f"sparse dot product of the quantized vectors. Wall time {result['seconds'] / 60:.1f} min.", "",
@@ -316,7 +317,8 @@ def _plot_active(cells: list[Cell], runs: list[dict], path: Path) -> None:
 def k_sweep(model: str, data_source: str, negatives_index: Path, dataset: str, out: Path, *,
             factors: list[float], ks: list[float], seeds: int = 3, surrogate: str = "inflate", steps: int = 48,
             batch_size: int = 8, lr: float = 1e-4, max_doc_length: int = 64,
-            lambda_q: float = TrainConfig.lambda_q, lambda_d: float = TrainConfig.lambda_d, eval_docs: int | None = 800,
+            lambda_q: float = TrainConfig.lambda_q, lambda_d: float = TrainConfig.lambda_d,
+            collapse_max_fraction: float = TrainConfig.collapse_max_fraction, eval_docs: int | None = 800,
             threads: int = 1) -> dict:
     """Train and evaluate every cell of the grid for `seeds` seeds under `out/`; write `out`.json, .md,
     -ndcg.png and -active.png beside it. Returns what the JSON holds."""
@@ -328,7 +330,7 @@ def k_sweep(model: str, data_source: str, negatives_index: Path, dataset: str, o
     cells = grid(factors, ks, surrogate)
     base = TrainConfig(model=model, data=data_source, out="", negatives_index=str(negatives_index), steps=steps,
                        batch_size=batch_size, lr=lr, max_doc_length=max_doc_length, lambda_q=lambda_q, lambda_d=lambda_d,
-                       warmup_steps=max(1, steps // 10),
+                       collapse_max_fraction=collapse_max_fraction, warmup_steps=max(1, steps // 10),
                        flops_warmup=steps // 2, save_every=max(1, steps // 4))
     examples = load_examples(data_source, negatives_index=negatives_index)
     target = eval_set(dataset, eval_docs)
@@ -353,7 +355,8 @@ def k_sweep(model: str, data_source: str, negatives_index: Path, dataset: str, o
     auto = next((run["auto"] for run in runs if run["auto"] and run["factor"] == 1), None)
     result = {"settings": {"model": model, "data": data_source, "surrogate": surrogate, "bias_shift": SURROGATES[surrogate],
                            "factors": factors, "ks": ks, "seeds": seeds, "steps": steps, "batch_size": batch_size, "lr": lr,
-                           "lambda_q": lambda_q, "lambda_d": lambda_d, "torch_threads": threads,
+                           "lambda_q": lambda_q, "lambda_d": lambda_d, "collapse_max_fraction": collapse_max_fraction,
+                           "torch_threads": threads,
                            "max_doc_length": max_doc_length, "eval_doc_length": EVAL_DOC_LENGTH},
               "eval": {"dataset": target.dataset, "docs": len(target.doc_ids), "queries": len(target.queries)},
               "untrained": [{key: value for key, value in row.items() if key != "per_query"} for row in untrained],
