@@ -21,8 +21,8 @@ def _missing(what: str, command: str) -> list[str]:
 
 
 def _embedded(path: Path) -> list[str]:
-    """A stage's own markdown, its headings moved one level down under the report's."""
-    return [f"#{line}" if line.startswith("#") else line for line in path.read_text().splitlines()] + [""]
+    """A stage's own markdown, its headings moved two levels down, under the report's section."""
+    return [f"##{line}" if line.startswith("#") else line for line in path.read_text().splitlines()] + [""]
 
 
 def _retrieval(runs: Path) -> list[str]:
@@ -95,9 +95,10 @@ def report(runs: Path, models: Path, out: Path) -> str:
          _stage_output(runs, "ablation", ["ablation.png"], "make ablation", out)),
         ("k sweep: rescaling factor against head inflation",
          _stage_output(runs, "k-sweep", ["k-sweep-ndcg.png", "k-sweep-active.png"], "make k-sweep", out)),
-        ("k sweep on the dense surrogate",
-         _stage_output(runs, "k-sweep-dense", ["k-sweep-dense-ndcg.png", "k-sweep-dense-active.png"],
-                       "make k-sweep K_SWEEP_ARGS='--surrogate dense'", out)),
+        *(("k sweep on the dense surrogate" + ("" if stem == "k-sweep-dense" else f" ({stem})"),
+           _stage_output(runs, stem, [f"{stem}-ndcg.png", f"{stem}-active.png"],
+                         "make k-sweep K_SWEEP_ARGS='--surrogate dense'", out))
+          for stem in sorted({"k-sweep-dense", *(path.stem for path in runs.glob("k-sweep-dense*.md"))})),
         ("Encoding speed", _stage_output(runs, "bench", [], "make bench", out)),
         ("Search and indexing speed", _search_speed(runs)),
     ]

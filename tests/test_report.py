@@ -32,6 +32,6 @@ def test_report_renders_what_exists_and_names_the_command_for_the_rest(model_pat
     last = history[-1]
     assert f"| tiny-trained | 2 | {last['loss']:.4f} |" in text
     assert (runs / "report-training.png").read_bytes()[:8] == PNG
-    assert "## k sweep\n" in text and "![k-sweep-ndcg.png](k-sweep-ndcg.png)" in text
+    assert "### k sweep\n" in text and "![k-sweep-ndcg.png](k-sweep-ndcg.png)" in text
     for command in ("make ablation", "make k-sweep K_SWEEP_ARGS='--surrogate dense'", "make bench", "make search-bench"):
         assert f"run `{command}`" in text
