@@ -43,15 +43,18 @@ NEGATIVES ?= scifact
 OUT ?= models/trained
 TRAIN_ARGS ?=
 ABLATION_ARGS ?=
+# `make k-sweep`: e.g. K_SWEEP_ARGS="--surrogate dense" (runs/k-sweep-dense.*), "--steps 100 --seeds 5" (longer).
+K_SWEEP_ARGS ?=
 # A model whose training collapsed (its folder holds collapse.json) is refused by encode unless set.
 ACCEPT_COLLAPSED ?=
 
-.PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation bench search-bench test clean
+.PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation k-sweep report bench search-bench test clean
 help:
 	@echo "make setup | beir-eval [MODEL=... DATASETS='scifact nfcorpus ...' COMPARE=...] | encode | index | search | eval"
 	@echo "  a corpus is encoded and indexed once for all its datasets: DATASETS='msmarco-dev dl19 dl20' share indexes/msmarco-passage/"
 	@echo "make index CORPUS=path [MODEL=...]   your own corpus (JSON lines: _id/title/text or id/contents; id<TAB>text TSV; .gz; a file or folder)"
 	@echo "make train [MODEL=... OUT=models/trained TRAIN_ARGS='--steps 200'] | head-stats [RESCALE=16|auto] | ablation | test"
+	@echo "make k-sweep [K_SWEEP_ARGS='--surrogate dense' | '--steps 100 --seeds 5'] | report (runs/report.md from what runs/ holds)"
 
 setup: $(SETUP) $(DEFAULT_MODEL)/model.safetensors
 
@@ -148,6 +151,13 @@ head-stats: $(call model_input,$(MODEL)) | $(SETUP)
 
 ablation: $(call model_input,$(BASE)) indexes/$(call corpus_dir,$(NEGATIVES))/bm25.json | $(SETUP)
 	$(PY) -m pipeline ablation --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call corpus_dir,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) --out runs/ablation $(ABLATION_ARGS)
+
+# Not file targets: every call trains afresh (about an hour on 2 cores), so each call is asked for.
+k-sweep: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
+	$(PY) -m pipeline k-sweep --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) $(K_SWEEP_ARGS)
+
+report: | $(SETUP)
+	$(PY) -m pipeline report --runs runs --models models --out runs/report.md
 
 bench: $(call model_input,$(MODEL)) | $(SETUP)
 	$(PY) -m pipeline bench --model $(MODEL) --dataset $(firstword $(DATASETS)) --out runs/bench.json --markdown runs/bench.md

@@ -149,6 +149,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--lr", type=_positive_float, default=5e-5)
 
+    p = stages.add_parser("k-sweep", help="rescaling factor k against head inflation F (or a dense head), with auto")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--negatives-index", type=Path, required=True)
+    p.add_argument("--dataset", required=True, help="test set for nDCG@10 / R@100")
+    p.add_argument("--surrogate", choices=["inflate", "dense"], default="inflate",
+                   help="inflate: W <- W * F; dense: the bias shifted too, dense vectors at init")
+    p.add_argument("--out", type=Path, help="default runs/k-sweep (inflate), runs/k-sweep-dense (dense)")
+    p.add_argument("--factors", type=_positive_float, nargs="+", help="inflations F (default 1 4 16 64; dense: 1)")
+    p.add_argument("--ks", type=_positive_float, nargs="+", help="fixed k (default 1 4 16 64; dense: 1 16)")
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--steps", type=_positive_int, default=48, help="training steps per run (a longer sweep: more)")
+    p.add_argument("--batch-size", type=_positive_int, default=8)
+    p.add_argument("--lr", type=_positive_float, default=1e-4)
+    p.add_argument("--max-doc-length", type=_positive_int, default=64, help="training document length, tokens")
+    p.add_argument("--lambda-q", type=float, help="FLOPS regularization of queries (default: train's)")
+    p.add_argument("--lambda-d", type=float, help="FLOPS regularization of documents (default: train's)")
+    p.add_argument("--collapse-max-fraction", type=float,
+                   help="active share of the vocabulary that stops training as collapsed (default: train's; "
+                        "above 1: never, to see whether training recovers)")
+    p.add_argument("--eval-docs", type=int, default=800, help="documents evaluated on (judged + a sample; 0: all)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="torch threads (one is fastest on a loaded machine)")
+
+    p = stages.add_parser("report", help="one markdown report with figures from what runs/ and models/ hold")
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--out", type=Path, default=Path("runs/report.md"))
+
     p = stages.add_parser("bench", help="encoding speed, memory and exactness, ours beside the peers")
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default="scifact")
@@ -228,6 +256,20 @@ def main(argv: list[str] | None = None) -> int:
 
             ablation(args.model, args.data, args.negatives_index, args.dataset, args.out, inflate=args.inflate,
                      steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        elif args.stage == "k-sweep":
+            from pipeline.k_sweep import DEFAULT_GRIDS, k_sweep
+
+            factors, ks = DEFAULT_GRIDS[args.surrogate]
+            k_sweep(args.model, args.data, args.negatives_index, args.dataset,
+                    args.out or Path("runs/k-sweep" + ("" if args.surrogate == "inflate" else f"-{args.surrogate}")),
+                    factors=args.factors or factors, ks=args.ks or ks, seeds=args.seeds, surrogate=args.surrogate,
+                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, max_doc_length=args.max_doc_length,
+                    eval_docs=args.eval_docs or None, threads=args.threads,
+                    **{name: value for name in ("lambda_q", "lambda_d", "collapse_max_fraction") if (value := getattr(args, name)) is not None})
+        elif args.stage == "report":
+            from pipeline.report import report
+
+            report(args.runs, args.models, args.out)
         elif args.stage == "bench":
             from pipeline.bench import bench
 

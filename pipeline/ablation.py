@@ -8,8 +8,6 @@ init, its loss and active-term curves, and nDCG@10 / R@100 of the trained model 
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,10 +19,8 @@ from pipeline.index import index
 from pipeline.search import search
 from pipeline.splade.model import SpladeEncoder
 from pipeline.splade.rescale import prepare_head
-from pipeline.train import CollapseError, train
 from pipeline.training.config import TrainConfig
-
-log = logging.getLogger(__name__)
+from pipeline.training_runs import figure, plot_curves, save_figure, train_variant
 
 
 def variants(inflate: float) -> list[tuple[str, float, str | None]]:
@@ -51,23 +47,11 @@ def _retrieval(model_dir: Path, dataset: str, work: Path, name: str) -> dict:
 
 
 def _plot(histories: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (loss_axis, terms_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, history in histories.items():
-        steps = [row["step"] for row in history]
-        loss_axis.plot(steps, [row["rank_loss"] for row in history], label=name)
-        terms_axis.plot(steps, [row["active_d"] for row in history], label=name)
-    loss_axis.set(xlabel="step", ylabel="ranking loss", yscale="symlog", title="loss")
-    terms_axis.set(xlabel="step", ylabel="active terms per document", yscale="log", title="active terms")
-    loss_axis.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as staging:
-        figure.savefig(staging, format="png", dpi=120)
-    plt.close(figure)
+    fig, axes = figure(2)
+    plot_curves(axes[0][0], histories, "rank_loss", ylabel="ranking loss", yscale="symlog", title="loss")
+    plot_curves(axes[0][1], histories, "active_d", ylabel="active terms per document", yscale="log", title="active terms")
+    axes[0][0].legend(fontsize=8)
+    save_figure(fig, path)
 
 
 def _markdown(rows: list[dict], inflate: float, config: TrainConfig, dataset: str) -> str:
@@ -106,15 +90,7 @@ def ablation(model: str, data: str, negatives_index: Path, dataset: str, out: Pa
 
             sample = [e.positives[0][1] for e in load_examples(data, negatives_index=negatives_index)[:64]]
         init = _init_stats(model, factor, rescale, sample)
-        reason = None
-        try:
-            result = train(config)
-            history = result["history"]
-        except CollapseError as err:
-            log.warning("%s: %s", name, err)
-            reason = str(err)
-            log_path = Path(config.out) / "train_log.jsonl"
-            history = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+        history, reason = train_variant(config, name)
         histories[name] = history
         trained = Path(config.out)
         metrics = _retrieval(trained, dataset, work, name) if (trained / "model.safetensors").exists() else {}

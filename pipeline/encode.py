@@ -72,9 +72,8 @@ class Quantized(NamedTuple):
     values: list[int]
 
 
-def quantized_entries(weights: torch.Tensor, scale: float) -> Quantized:
-    """int(round(w * scale)) of each weight (half to even), zeros left out; computed where `weights` is
-    (a GPU sends back the few hundred entries per row, not the [batch, vocab] tensor).
+def quantized_weights(weights: torch.Tensor, scale: float) -> torch.Tensor:
+    """int(round(w * scale)) of each weight (half to even), as an int64 [batch, vocab] tensor.
 
     Refuses weights that are not finite, or whose quantized sum in a row exceeds what Lucene stores
     (an int): the cast would wrap them into garbage."""
@@ -84,7 +83,13 @@ def quantized_entries(weights: torch.Tensor, scale: float) -> Quantized:
     if scaled.double().sum(dim=1).gt(data.MAX_IMPACT).any():
         raise PipelineError(f"--scale {scale:g} makes a vector's weights add up to more than 2^31 - 1, which "
                             "Lucene cannot store: use a smaller scale (100 is usual)")
-    quantized = scaled.to(torch.int64)
+    return scaled.to(torch.int64)
+
+
+def quantized_entries(weights: torch.Tensor, scale: float) -> Quantized:
+    """The non-zero entries of `quantized_weights`; computed where `weights` is (a GPU sends back the
+    few hundred entries per row, not the [batch, vocab] tensor)."""
+    quantized = quantized_weights(weights, scale)
     rows, columns = quantized.nonzero(as_tuple=True)
     counts = torch.bincount(rows, minlength=weights.shape[0])
     return Quantized(counts.tolist(), columns.tolist(), quantized[rows, columns].tolist())

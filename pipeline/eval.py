@@ -34,9 +34,8 @@ def ranx_metrics(relevance_level: int) -> dict[str, str]:
 
 
 def read_run(path: Path, name: str) -> Run:
-    """A TREC run with its scores replaced by their rank order under trec_eval's tie-breaking, so that
-    tied scores (integer impact scores tie often) rank as trec_eval ranks them, not in an arbitrary order.
-    A document listed twice for a query, a score that is not a finite number or an empty run is refused."""
+    """A TREC run as `ranked_run` (integer impact scores tie often). A document listed twice for a
+    query, a score that is not a finite number or an empty run is refused."""
     hits: dict[str, list[tuple[str, float]]] = {}
     places: dict[tuple[str, str], str] = {}
     columns = {"qid": str, "q0": str, "docid": str, "rank": str, "score": float, "tag": str}
@@ -49,6 +48,12 @@ def read_run(path: Path, name: str) -> Run:
         hits.setdefault(qid, []).append((docid, score))
     if not hits:
         raise data.DataError(f"{path}: empty run")
+    return ranked_run(hits, name)
+
+
+def ranked_run(hits: dict[str, list[tuple[str, float]]], name: str) -> Run:
+    """A ranx Run of {qid: [(docid, score)]} whose scores are the rank order under trec_eval's
+    tie-breaking, so that tied scores rank as trec_eval ranks them, not in an arbitrary order."""
     run = Run({qid: {docid: float(len(ranking) - position) for position, (docid, _) in enumerate(trec_order(ranking))}
                for qid, ranking in hits.items()})
     run.name = name

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.splade.families import mlm_head
 from pipeline.splade.model import SpladeEncoder
-from pipeline.splade.rescale import parse_rescale, prepare_head, projection_rms
+from pipeline.splade.rescale import parse_rescale, prepare_head, projection_rms, projection_spread
 
 # Unrelated texts: a healthy SPLADE gives them few shared terms, so a low mean cosine.
 SAMPLE_TEXTS = (
@@ -54,6 +54,7 @@ def measure(encoder: SpladeEncoder, texts: Sequence[str], max_length: int = 128)
         "bias_norm": None if bias is None else bias.norm().item(),
         "layernorm_gain_mean": head.layer_norm.weight.mean().item(),
         "projection_rms": projection_rms(encoder.model, encoder.tokenizer, texts, max_length),
+        "projection_spread": projection_spread(encoder.model, encoder.tokenizer, texts, max_length),
         "positive_logit_fraction": (logits > 0).float().mean().item(),
         "active_terms_mean": active.sum(dim=1).float().mean().item(),
         "active_terms_fraction": active.float().mean().item(),

@@ -134,22 +134,28 @@ def _prepare_model(config: TrainConfig, device: torch.device, resume_from: Path 
         encoder = SpladeEncoder.load(resume_from, device=str(device))
         return encoder, getattr(encoder.model.mlm.config, "splade_rescale", None) or {"k": 1.0}
     encoder = SpladeEncoder.load(config.model, device=str(device))
-    record = prepare_head(encoder.model, encoder.tokenizer, inflate=config.inflate, rescale=config.rescale,
-                          scale_bias=config.scale_bias, sample=sample)
+    record = prepare_head(encoder.model, encoder.tokenizer, inflate=config.inflate, bias_shift=config.bias_shift,
+                          rescale=config.rescale, scale_bias=config.scale_bias, sample=sample)
     if "rule" in record:
-        log.info("auto rescale: %s = %.4g (projection RMS %.4g, target %.4g: %s)", record["rule"], record["k"],
-                 record["projection_rms"], record["target_projection_rms"], record["target_source"])
+        log.info("auto rescale: %s = %.4g (projection spread %.4g, target %.4g: %s)", record["rule"], record["k"],
+                 record["projection_spread"], record["target_spread"], record["target_source"])
     return encoder, record
+
+
+def auto_sample(examples: list) -> list[str]:
+    """The training documents on which `auto` measures the head: the first examples' positives."""
+    return [example.positives[0][1] for example in examples[:AUTO_SAMPLE]]
 
 
 def _path(value: str | None) -> Path | None:
     return None if value is None else Path(value)
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> dict:
+def train(config: TrainConfig, *, resume: bool = False, examples: list | None = None) -> dict:
     """Train as `config` says. `config.out` receives the final model (a Hugging Face folder),
     `checkpoints/step-N/`, `train_log.jsonl` (one line per step) and `train_run.json` (the settings
-    with the rescaling record and the number of processes)."""
+    with the rescaling record and the number of processes). `examples`: those of `config.data`, already
+    loaded (a sweep trains many models on the same data; loading searches BM25 for every query)."""
     config.validate()
     ranks = join()
     rank, world = ranks.rank, ranks.world
@@ -166,9 +172,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict:
                             "resuming would collapse again: delete it or use another output to train afresh")
     if checkpoint is not None:
         _check_resumable(checkpoint, config)
-    examples = load_examples(config.data, negatives_index=_path(config.negatives_index), limit=config.limit)
-    sample = [example.positives[0][1] for example in examples[:AUTO_SAMPLE]]
-    encoder, rescale_record = _prepare_model(config, device, checkpoint, sample)
+    if examples is None:
+        examples = load_examples(config.data, negatives_index=_path(config.negatives_index), limit=config.limit)
+    encoder, rescale_record = _prepare_model(config, device, checkpoint, auto_sample(examples))
     model = encoder.model.train()
     teacher = read_teacher(Path(config.teacher)) if config.teacher else None
 

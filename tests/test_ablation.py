@@ -16,7 +16,8 @@ def test_ablation_trains_and_scores_the_four_variants(model_path, triples, beir_
     assert [row["variant"] for row in rows] == [name for name, *_ in variants(16)]
     k = {row["variant"]: row["k"] for row in rows}
     assert k["a-inflated-no-rescale"] == 1 and k["b-inflated-fixed-rescale"] == 16 and k["d-not-inflated-no-rescale"] == 1
-    assert k["c-inflated-auto-rescale"] == pytest.approx(16, rel=0.05)
+    # auto: 16 times SPLADE-tiny's spread over the theory's target (about 0.6 on training documents)
+    assert 16 * 0.4 < k["c-inflated-auto-rescale"] < 16 * 0.9
     for row in rows:
         if not row["collapsed"]:
             assert 0 <= row["ndcg@10"] <= 1 and 0 <= row["recall@100"] <= 1, row

@@ -3,6 +3,7 @@ the default model's real vocabulary (30,522 WordPiece tokens), and the real defa
 
 import copy
 import json
+import math
 import subprocess
 import sys
 
@@ -12,9 +13,10 @@ from transformers import AutoModelForMaskedLM, BertConfig, DistilBertConfig, Mod
 
 from pipeline.splade.families import UnsupportedModelError, mlm_head
 from pipeline.splade.model import Splade, SpladeEncoder
-from pipeline.splade.rescale import RescaleError, auto_factor, inflate_head, parse_rescale, rescale_head
+from pipeline.splade.rescale import (DENSE_BIAS_SHIFT, RescaleError, auto_factor, inflate_head, parse_rescale,
+                                     prepare_head, rescale_head)
 
-from conftest import ROOT
+from conftest import DOCS, ROOT
 
 VOCAB = 30522
 SPECIAL = dict(pad_token_id=0)
@@ -104,14 +106,42 @@ def test_unknown_family_names_the_supported_ones():
         Splade(AutoModelForMaskedLM.from_config(config))
 
 
-def test_auto_undoes_an_inflated_head(encoder, model_path):
-    """Auto measures the head on texts; inflating the default model's head by 16 gives k = 16."""
-    from pipeline.head_stats import SAMPLE_TEXTS
-
+def test_auto_target_comes_from_theory_and_is_measured_on_held_apart_texts(encoder, model_path):
+    """auto's target is sqrt(2 ln V), no figure measured on a model. On texts that took no part in
+    choosing it (the test collection's documents, not head_stats' sample), SPLADE-tiny's spread,
+    recomputed here from the full MLM logits, lies below the target: k = 1 comes from the floor, with
+    the measured ratio kept in the record; inflating the head by 16 gives k = 16 x that ratio."""
     model = SpladeEncoder.load(model_path, device="cpu").model
-    assert auto_factor(model, encoder.tokenizer, SAMPLE_TEXTS)["k"] == pytest.approx(1.0, abs=1e-3)
+    texts = [f"{title} {text}" for title, text in DOCS.values() if text.strip()]
+    record = auto_factor(model, encoder.tokenizer, texts)
+    assert record["target_spread"] == pytest.approx(math.sqrt(2 * math.log(VOCAB)))
+    batch = encoder.tokenizer(texts, truncation=True, max_length=256, padding=True, return_tensors="pt")
+    logits, bias = logits_and_projection(model, batch)
+    projection = (logits - bias)[batch["attention_mask"].bool()].double()
+    spread = projection.var(dim=1, unbiased=False).mean().sqrt().item()
+    assert record["projection_spread"] == pytest.approx(spread, rel=1e-4)
+    assert record["ratio"] == pytest.approx(spread / record["target_spread"], rel=1e-4)
+    assert 0.4 < record["ratio"] < 0.9 and record["k"] == 1.0
     inflate_head(model, 16)
-    assert auto_factor(model, encoder.tokenizer, SAMPLE_TEXTS)["k"] == pytest.approx(16, rel=1e-3)
+    assert auto_factor(model, encoder.tokenizer, texts)["k"] == pytest.approx(16 * record["ratio"], rel=1e-6)
+
+
+def test_dense_surrogate_is_dense_at_init_and_rescaling_does_not_undo_it(model_path):
+    """The bias shift makes more than a third of the vocabulary active on held-apart texts. Dividing W by
+    16 leaves the shifted bias and makes the vectors denser still; dividing the bias too only scales
+    every logit, so the same terms stay active."""
+    texts = [f"{title} {text}" for title, text in DOCS.values() if text.strip()]
+
+    def active_fraction(**head) -> float:
+        encoder = SpladeEncoder.load(model_path, device="cpu")
+        prepare_head(encoder.model, encoder.tokenizer, sample=texts, **head)
+        weights, _ = encoder.encode(texts, 128)
+        return (weights > 0).float().mean().item()
+
+    healthy, dense = active_fraction(), active_fraction(bias_shift=DENSE_BIAS_SHIFT)
+    assert healthy < 0.01 and dense > 1 / 3
+    assert active_fraction(bias_shift=DENSE_BIAS_SHIFT, rescale="16") > dense
+    assert active_fraction(bias_shift=DENSE_BIAS_SHIFT, rescale="16", scale_bias=True) == pytest.approx(dense, abs=1e-3)
 
 
 def test_head_stats_json_on_the_default_model(model_path):

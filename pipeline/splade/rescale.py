@@ -7,10 +7,16 @@ every vocabulary term active, dense vectors, huge scores, and contrastive traini
 Dividing W (hidden -> vocab) by k shrinks the projection part of every logit by k; the decoder bias is
 kept by default (it is the head's prior over the vocabulary, not scaled by the backbone's norm).
 
-`auto` picks k per backbone without training: k = RMS of the projection part W h of the logits over a
-sample of training texts, divided by TARGET_PROJECTION_RMS, the same statistic on a healthy BERT-SPLADE
-at init. Since the projection part scales exactly as 1/k, the rescaled head then matches the target.
-k is never below 1 (a head that is already small is left alone).
+`auto` picks k per backbone without training: k = max(1, spread / sqrt(2 ln V)). The spread is the
+standard deviation of the projection part W h of the logits across the V vocabulary terms, root mean
+square over the tokens of a sample of training texts (the bias and any per-token offset do not change
+which terms a softmax prefers). The target sqrt(2 ln V) comes from theory, not from a model: V
+Gaussian logits of spread s have their maximum near s sqrt(2 ln V) and their log-sum-exp near
+ln V + s^2 / 2, and the two meet at s = sqrt(2 ln V), the least spread at which one term can take
+most of a softmax over V terms (the freezing point of Derrida's random energy model). An MLM trained
+with cross-entropy must reach about that spread to predict confidently, and gains nothing from going
+far beyond it; a backbone far beyond it is a large-norm head. Since the spread scales exactly as 1/k,
+the rescaled head then sits at the target; k is never below 1 (a head that is already small is left alone).
 """
 
 from __future__ import annotations
@@ -23,11 +29,17 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.splade.families import mlm_head
 
-# Measured with `python -m pipeline head-stats --model models/splade-tiny --json` (key
-# projection_rms) on the built-in sample texts of pipeline.head_stats: SPLADE-tiny is a BERT-SPLADE
-# whose training stayed healthy (MS MARCO dev MRR@10 30.9).
-TARGET_PROJECTION_RMS = 8.884
-TARGET_SOURCE = "projection RMS of SPLADE-tiny (healthy BERT-SPLADE) on pipeline.head_stats.SAMPLE_TEXTS"
+RULE = "k = max(1, projection_spread / sqrt(2 ln V))"
+TARGET_SOURCE = ("theory: sqrt(2 ln V), the logit spread at which the maximum of V Gaussian logits meets "
+                 "their log-sum-exp (random energy model), independent of any measured model")
+# The dense surrogate (`k-sweep --surrogate dense`): added to every decoder bias entry, it makes
+# 45 % of SPLADE-tiny's vocabulary active at init on pipeline.head_stats.SAMPLE_TEXTS (0.15 % without),
+# the symptom of backbones whose vectors are dense before training; a scale of W alone does not.
+DENSE_BIAS_SHIFT = 6.0
+
+
+def target_spread(vocab_size: int) -> float:
+    return math.sqrt(2 * math.log(vocab_size))
 
 
 class RescaleError(PipelineError, ValueError):
@@ -50,28 +62,42 @@ def parse_rescale(value: str | float | None) -> float | str | None:
 
 
 @torch.no_grad()
-def projection_rms(model, tokenizer, texts: Sequence[str], max_length: int = 256) -> float:
-    """Root mean square of W h (logits without the bias) over every token of `texts` and every term."""
+def _projections(model, tokenizer, texts: Sequence[str], max_length: int):
+    """W h (logits without the bias) of every token of `texts`, in [tokens, 4096-term] blocks."""
     head = mlm_head(model.mlm)
     batch = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     batch = batch.to(head.decoder.weight.device)
     hidden = model.mlm.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     tokens = head.transform(hidden[batch["attention_mask"].bool()])
-    squares = sum(
-        (tokens @ head.decoder.weight[start : start + 4096].T).double().square().sum().item()
-        for start in range(0, head.decoder.weight.shape[0], 4096)
-    )
-    return math.sqrt(squares / (tokens.shape[0] * head.decoder.weight.shape[0]))
+    for start in range(0, head.decoder.weight.shape[0], 4096):
+        yield (tokens @ head.decoder.weight[start : start + 4096].T).double()
+
+
+def projection_rms(model, tokenizer, texts: Sequence[str], max_length: int = 256) -> float:
+    """Root mean square of W h over every token of `texts` and every term."""
+    sums = [(block.square().sum().item(), block.numel()) for block in _projections(model, tokenizer, texts, max_length)]
+    return math.sqrt(sum(total for total, _ in sums) / sum(count for _, count in sums))
+
+
+def projection_spread(model, tokenizer, texts: Sequence[str], max_length: int = 256) -> float:
+    """Standard deviation of W h across the vocabulary, root mean square over the tokens of `texts`."""
+    blocks = list(_projections(model, tokenizer, texts, max_length))
+    total = sum(block.sum(dim=1) for block in blocks)
+    squares = sum(block.square().sum(dim=1) for block in blocks)
+    vocab = sum(block.shape[1] for block in blocks)
+    return math.sqrt((squares / vocab - (total / vocab).square()).mean().item())
 
 
 def auto_factor(model, tokenizer, texts: Sequence[str]) -> dict:
-    """k that brings the head's projection RMS on `texts` to the healthy target; with the rule."""
-    measured = projection_rms(model, tokenizer, texts)
+    """k that brings the head's projection spread on `texts` down to the theory's target; with the rule."""
+    spread = projection_spread(model, tokenizer, texts)
+    target = target_spread(mlm_head(model.mlm).decoder.out_features)
     return {
-        "k": max(1.0, measured / TARGET_PROJECTION_RMS),
-        "rule": "k = max(1, projection_rms / target_projection_rms)",
-        "projection_rms": measured,
-        "target_projection_rms": TARGET_PROJECTION_RMS,
+        "k": max(1.0, spread / target),
+        "ratio": spread / target,
+        "rule": RULE,
+        "projection_spread": spread,
+        "target_spread": target,
         "target_source": TARGET_SOURCE,
         "sample_texts": len(texts),
     }
@@ -114,12 +140,24 @@ def inflate_head(model, factor: float) -> None:
     model.mlm.config.splade_inflated = float(factor)
 
 
-def prepare_head(model, tokenizer, *, inflate: float = 1.0, rescale=None, scale_bias: bool = False,
-                 sample: Sequence[str] = ()) -> dict:
-    """The head as training starts: inflated (the ablation only), then rescaled as asked (`auto`
-    measuring on `sample`). Returns the rescaling record ({"k": 1.0} when not rescaled)."""
+@torch.no_grad()
+def shift_bias(model, shift: float) -> None:
+    """b <- b + shift: shifts every logit up, so that most terms are active (the dense surrogate)."""
+    head = mlm_head(model.mlm)
+    head.decoder.bias.add_(shift)
+    head.sync_bias_alias()  # BERT's second name for the bias, if the two are separate tensors
+    model.mlm.config.splade_bias_shift = float(shift)
+
+
+def prepare_head(model, tokenizer, *, inflate: float = 1.0, bias_shift: float = 0.0, rescale=None,
+                 scale_bias: bool = False, sample: Sequence[str] = ()) -> dict:
+    """The head as training starts: inflated and bias-shifted (the surrogates of sick backbones), then
+    rescaled as asked (`auto` measuring on `sample`). Returns the rescaling record ({"k": 1.0} when not
+    rescaled)."""
     if inflate != 1:
         inflate_head(model, inflate)
+    if bias_shift:
+        shift_bias(model, bias_shift)
     choice = parse_rescale(rescale)
     if choice is None:
         return {"k": 1.0}

@@ -25,6 +25,7 @@ class TrainConfig:
     rescale: str | None = None  # none | a factor k | auto
     scale_bias: bool = False
     inflate: float = 1.0  # multiply the head's projection first: imitates a large-norm backbone
+    bias_shift: float = 0.0  # add to the head's bias first: imitates a backbone with dense vectors at init
     steps: int = 100
     batch_size: int = 16
     negatives: int = 1
@@ -71,3 +72,5 @@ class TrainConfig:
         parse_rescale(self.rescale)
         if not (math.isfinite(self.inflate) and self.inflate > 0):
             raise PipelineError(f"inflate must be a positive factor, got {self.inflate}")
+        if not math.isfinite(self.bias_shift):
+            raise PipelineError(f"bias-shift must be a finite number, got {self.bias_shift}")

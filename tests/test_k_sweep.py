@@ -1,0 +1,48 @@
+"""The k-sweep stage end to end on the tiny collection: F in {1, 4}, k in {4} with k = F and auto, one
+seed, two steps; its cells, shared trainings, auto's k, statistics, tables and plots."""
+
+import json
+
+import pytest
+
+from pipeline.k_sweep import grid, k_sweep
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_k_sweep_trains_evaluates_and_reports_the_grid(model_path, triples, beir_folder, tmp_path):
+    out = tmp_path / "k-sweep"
+    # Training triples need no BM25 index: the negatives index is never opened.
+    result = k_sweep(model_path, str(triples), tmp_path / "no-index", str(beir_folder), out, factors=[1, 4], ks=[4],
+                     seeds=1, steps=2, batch_size=4, eval_docs=None)
+    names = [cell.name for cell in grid([1, 4], [4])]
+    assert names == ["F1-shift0-k1", "F1-shift0-k4", "F1-shift0-kauto", "F4-shift0-k4", "F4-shift0-kauto"]
+    summary = {row["cell"]: row for row in result["summary"]}
+    assert list(summary) == names and all(row["seeds"] == 1 for row in summary.values())
+    runs = {run["cell"]: run for run in result["runs"]}
+    # auto's k: the un-inflated head's spread below theory's target gives the floor, 1; inflated by 4,
+    # 4 times that ratio.
+    ratio = runs["F1-shift0-kauto"]["auto"]["ratio"]
+    assert 0.4 < ratio < 0.9 and runs["F1-shift0-kauto"]["k_used"] == 1.0
+    assert runs["F4-shift0-kauto"]["k_used"] == pytest.approx(4 * ratio, rel=1e-6)
+    # W * 4 / 4 is bitwise W, untied, as auto's W / 1: one training; the released head is tied (it
+    # trains its input embeddings too), so it trains on its own.
+    assert runs["F4-shift0-k4"]["trained_as"] == "F1-shift0-kauto"
+    assert runs["F4-shift0-k4"]["history"] == runs["F1-shift0-kauto"]["history"]
+    assert len({run["trained_as"] for run in runs.values()}) == 4
+    for run in runs.values():
+        assert 0 <= run["ndcg@10"] <= 1 and 0 <= run["recall@100"] <= 1, run["cell"]
+        assert run["active_d_init"] > 0 and run["active_q_init"] > 0 and run["peak_loss"] > 0
+        assert len(run["history"]) == 2 and not run["collapsed"] and run["evaluated_model"] == "final"
+    # Dividing W by 4 shrinks every weight: a smaller FLOPS regularizer at the first step.
+    assert runs["F1-shift0-k4"]["history"][0]["flops_d"] < runs["F1-shift0-k1"]["history"][0]["flops_d"] / 2
+    assert result["untrained"][0]["ndcg@10"] > 0.5  # the released model ranks the tiny collection well
+    for row in summary.values():
+        test = row["vs_reference"]
+        assert row["cell"] == "F1-shift0-k1" or test is None or (test["pairs"] == 5 and 0 <= test["p"] <= 1)
+    assert [verdict["factor"] for verdict in result["best_k"]] == [1, 4]
+    assert json.loads(out.with_suffix(".json").read_text())["summary"] == json.loads(json.dumps(result["summary"]))
+    markdown = out.with_suffix(".md").read_text()
+    assert all(f"| {factor} | 0 | {k} |" in markdown for factor, k in [(1, 1.0), (4, 4.0), (4, "auto")])
+    for plot in ("k-sweep-ndcg.png", "k-sweep-active.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == PNG
