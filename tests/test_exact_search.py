@@ -28,7 +28,7 @@ def read_trec(path):
 def test_exact_search_equals_the_lucene_impact_run(model_path, tmp_path, remove_query):
     folder = write_beir_folder(tmp_path / "beir", queries={OWN_ID.get(q, q): text for q, text in QUERIES.items()},
                                qrels={OWN_ID.get(q, q): judged for q, judged in QRELS.items()})
-    encode(model_path, str(folder), tmp_path / "encoded")
+    encode(model_path, tmp_path / "encoded", dataset=str(folder))
     index(tmp_path / "lucene", vectors=tmp_path / "encoded" / "docs")
     search(tmp_path / "lucene", tmp_path / "lucene.trec", str(folder), queries=tmp_path / "encoded" / "queries.jsonl",
            k=5, remove_query=remove_query)
