@@ -71,8 +71,10 @@ def test_interrupted_run_resumes_to_the_same_bytes(stop, model_path, corpus, uni
     for _ in range(3):  # on a loaded machine the tiny run can end before the signal lands: start again
         shutil.rmtree(out, ignore_errors=True)
         with open(log, "w") as stderr:
+            # SIGINT back to its default in the child: under `cmd &` (a CI or nohup job) it is inherited as
+            # ignored, and Python then installs no KeyboardInterrupt for Ctrl-C.
             process = subprocess.Popen(encode_command(model_path, corpus, out), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                       stderr=stderr)
+                                       stderr=stderr, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         first = out / "done" / "part-00000.json"
         deadline = time.monotonic() + 120
         while not first.exists() and process.poll() is None and time.monotonic() < deadline:
