@@ -87,11 +87,16 @@ def replicated_folder(dataset: str, replicas: int, folder: Path) -> Path:
 def encode_stage(model: str, dataset: str, out: Path) -> dict:
     """`python -m pipeline encode` as a user runs it: wall time (model load included) and peak RSS."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "encode", "--model", model, "--dataset", dataset,
-                                "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
+    log_file = out.with_name(out.name + ".log")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as stderr:  # --fresh: an earlier bench's parts must not be resumed, nor timed
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "encode", "--model", model, "--dataset", dataset,
+                                    "--out", str(out), "--fresh"], stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
-        raise RuntimeError(f"encode of {dataset} failed with status {status}")
+        said = [line for line in log_file.read_text().splitlines() if line.strip()]
+        raise RuntimeError(f"encode of {dataset} failed with status {os.waitstatus_to_exitcode(status)}: "
+                           f"{said[-1] if said else ''} (all of it in {log_file})")
     stats = json.loads((out / "stats.json").read_text())
     return {"dataset": dataset, "docs": stats["docs"]["texts"], "wall_seconds": time.perf_counter() - started,
             "peak_rss_mb": usage.ru_maxrss / 1024, "docs_per_second": stats["docs_per_second"]}
