@@ -38,6 +38,7 @@ from pipeline.files import STORAGE_ERRORS, atomic_path, json_line, write_json
 from pipeline.parts import PartStore, Plan
 from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
+from pipeline.splade.screened_projection import SparseWeights
 from pipeline.train import refuse_collapsed
 
 log = logging.getLogger(__name__)
@@ -81,18 +82,30 @@ def quantized_weights(weights: torch.Tensor, scale: float) -> torch.Tensor:
         raise PipelineError("the model produced weights that are not finite numbers (NaN or Inf)")
     scaled = torch.round(weights * scale)
     if scaled.double().sum(dim=1).gt(data.MAX_IMPACT).any():
-        raise PipelineError(f"--scale {scale:g} makes a vector's weights add up to more than 2^31 - 1, which "
-                            "Lucene cannot store: use a smaller scale (100 is usual)")
+        raise _too_large(scale)
     return scaled.to(torch.int64)
 
 
-def quantized_entries(weights: torch.Tensor, scale: float) -> Quantized:
-    """The non-zero entries of `quantized_weights`; computed where `weights` is (a GPU sends back the
-    few hundred entries per row, not the [batch, vocab] tensor)."""
-    quantized = quantized_weights(weights, scale)
-    rows, columns = quantized.nonzero(as_tuple=True)
-    counts = torch.bincount(rows, minlength=weights.shape[0])
-    return Quantized(counts.tolist(), columns.tolist(), quantized[rows, columns].tolist())
+def _too_large(scale: float) -> PipelineError:
+    return PipelineError(f"--scale {scale:g} makes a vector's weights add up to more than 2^31 - 1, which "
+                         "Lucene cannot store: use a smaller scale (100 is usual)")
+
+
+def quantized_entries(weights: torch.Tensor | SparseWeights, scale: float) -> Quantized:
+    """The non-zero entries of `quantized_weights`, from dense or sparse weights; computed where the
+    weights are (a GPU sends back the few hundred entries per row, not the [batch, vocab] tensor)."""
+    if isinstance(weights, torch.Tensor):
+        documents, terms = weights.nonzero(as_tuple=True)
+        weights = SparseWeights(documents, terms, weights[documents, terms], tuple(weights.shape))
+    if not torch.isfinite(weights.values).all():
+        raise PipelineError("the model produced weights that are not finite numbers (NaN or Inf)")
+    scaled = torch.round(weights.values * scale)
+    sums = torch.zeros(weights.shape[0], dtype=torch.float64, device=scaled.device)
+    if sums.index_add_(0, weights.documents, scaled.double()).gt(data.MAX_IMPACT).any():
+        raise _too_large(scale)
+    kept = scaled != 0
+    counts = torch.bincount(weights.documents[kept], minlength=weights.shape[0])
+    return Quantized(counts.tolist(), weights.terms[kept].tolist(), scaled[kept].to(torch.int64).tolist())
 
 
 def term_vectors(entries: Quantized, terms: list[str]) -> list[dict[str, int]]:
@@ -157,7 +170,7 @@ def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write,
 
     with tqdm(total=total, desc=f"encode {what}", unit=what) as progress, Sink(emit) as sink:
         for batch, filled, tokens, truncated in prefetch(_tokenized(encoder, _batches(texts, batch_size), max_length)):
-            entries = None if tokens is None else quantized_entries(encoder.weights(tokens), scale)
+            entries = None if tokens is None else quantized_entries(encoder.sparse_weights(tokens), scale)
             counts.truncated += truncated
             sink.put((batch, filled, entries))
     counts.seconds = time.perf_counter() - started

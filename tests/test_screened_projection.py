@@ -107,3 +107,17 @@ def test_the_projection_follows_training_updates(encoder):
     with torch.no_grad():
         decoder.bias.add_(0.0)
     assert encoder.projection() is not first
+
+
+def test_states_that_are_not_finite_give_weights_that_are_not(encoder):
+    """A model gone to NaN must not encode as empty vectors: every weight of such a document is rechecked,
+    so the encode stage sees the NaN and refuses it."""
+    from pipeline.encode import quantized_entries
+    from pipeline.errors import PipelineError
+
+    states, mask, weight, bias = random_case(5)
+    states[1, 0, 0] = torch.nan
+    sparse = ScreenedProjection(weight, bias).sparse(states, mask)
+    assert sparse.values[sparse.documents == 1].isnan().all() and sparse.values[sparse.documents != 1].isfinite().all()
+    with pytest.raises(PipelineError, match="not finite"):
+        quantized_entries(sparse, 100)

@@ -12,7 +12,8 @@ multiply-adds per token, ~90 % of encoding. A document has a few hundred positiv
 3. recheck: each candidate's max logit is computed again in fp32 (a few hundred terms x the
    document's tokens): the output equals the fp32 computation, and every other weight is exactly 0.
 
-The max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16. Integer
+On a CPU with AMX the screen is a fused kernel (`amx_max_pool`) that max-pools each tile of logits in
+registers. Elsewhere it is torch's GEMM, tile by tile, and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16. Integer
 order is float order for non-negative floats only, and most logits are negative, so the tile is
 computed with -w: where every token's -logit is >= 0, the integer minimum is the float minimum and
 gives the max logit; where one is negative, a logit is positive and the pair is a candidate anyway.
@@ -25,13 +26,25 @@ import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+
+from pipeline.splade import amx_max_pool
 
 # Unit roundoff of each screening dtype, and the integer type its bits are read as.
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 BITS_AS_INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 FP32_UNIT_ROUNDOFF = 2.0**-24
+# bf16 GEMMs on AMX (and maybe oneDNN's elsewhere) flush subnormal inputs and results to zero: each of the
+# hidden products then moves by at most this much times (1 + |h_i| + |w_i|), on top of the rounding.
+FLUSHED = 2.0**-126
+MARGIN = 1.01  # on every bound: the fp32 arithmetic that computes the bound itself
+
+
+def _gamma(hidden_size: int) -> float:
+    """Relative error bound of an fp32 sum of `hidden_size` products, in any order (gamma_K)."""
+    return hidden_size * FP32_UNIT_ROUNDOFF / (1 - hidden_size * FP32_UNIT_ROUNDOFF)
 
 
 def error_factor(dtype: torch.dtype, hidden_size: int) -> float:
@@ -39,13 +52,35 @@ def error_factor(dtype: torch.dtype, hidden_size: int) -> float:
 
     Inputs rounded to `dtype` (relative u each, so 2u + u^2 per product), fp32 accumulation of
     `hidden_size` terms (gamma_K, for the screen and again for the fp32 reference), output rounded to
-    `dtype` (u, of a value at most (1 + 2u + u^2 + gamma_K) times the sum). Doubled gamma_K and a 1 %
-    margin cover the order of operations.
+    `dtype` (u, of a value at most (1 + 2u + u^2 + gamma_K) times the sum). Doubled gamma_K and a
+    MARGIN cover the order of operations.
     """
-    u = UNIT_ROUNDOFF[dtype]
-    gamma = hidden_size * FP32_UNIT_ROUNDOFF / (1 - hidden_size * FP32_UNIT_ROUNDOFF)
+    u, gamma = UNIT_ROUNDOFF[dtype], _gamma(hidden_size)
     products = 2 * u + u * u
-    return 1.01 * (products + 2 * gamma + u * (1 + products + gamma))
+    return MARGIN * (products + 2 * gamma + u * (1 + products + gamma))
+
+
+def accumulation_factor(hidden_size: int) -> float:
+    """The AMX screen's bound, which knows each rounding residual r = x - bf16(x) and keeps fp32 sums:
+    |screened - exact fp32| <= ||r_h|| ||w|| + ||bf16(h)|| ||r_w|| + this * ||h|| ||w|| (times MARGIN):
+    h.w - bf16(h).bf16(w) = r_h.w + bf16(h).r_w exactly, and both fp32 sums (screen and reference) add
+    gamma_K each, doubled for the order of operations, of norms grown by at most (1 + u)^2 by rounding.
+    Measured residuals are ~0.42 u of the norms, so this bound is ~3.5x tighter than `error_factor`'s."""
+    return 2 * 2 * _gamma(hidden_size) * (1 + UNIT_ROUNDOFF[torch.bfloat16]) ** 2
+
+
+class SparseWeights(NamedTuple):
+    """The positive weights of [documents, vocabulary], in row-major order (as `nonzero` lists them)."""
+
+    documents: torch.Tensor
+    terms: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int]
+
+    def dense(self) -> torch.Tensor:
+        weights = torch.zeros(self.shape, device=self.values.device)
+        weights[self.documents, self.terms] = self.values
+        return weights
 
 
 @dataclass(frozen=True)
@@ -59,7 +94,7 @@ class Tiling:
 
 
 CPU_TILING = Tiling(rows=2048, terms=512)
-LENGTH_MULTIPLE = 32
+LENGTH_MULTIPLE = amx_max_pool.TILE  # also what the AMX kernel's tiles take
 CUDA_TILING = Tiling(rows=32768, terms=8192)
 
 
@@ -87,15 +122,25 @@ class ScreenedProjection:
     """The exact SPLADE-max weights of token states [documents, tokens, hidden] under a decoder."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype | None = None,
-                 tiling: Tiling | None = None):
+                 tiling: Tiling | None = None, amx: bool = True):
         weight = weight.detach().float()
         device = weight.device
         self.dtype = dtype or screening_dtype(device.type)
         self.tiling = tiling or (CUDA_TILING if device.type == "cuda" else CPU_TILING)
         self.weight = weight
         self.bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.detach().float()
-        self.negated = (-weight).to(self.dtype)  # negation is exact: the bound holds for -w as for w
-        self.bound = error_factor(self.dtype, weight.shape[1]) * weight.norm(dim=1)
+        hidden, norms = weight.shape[1], weight.norm(dim=1)
+        self.bound = error_factor(self.dtype, hidden) * norms + hidden * FLUSHED  # times the token's norm
+        self.screen_bias = self.bias + hidden * FLUSHED * (1 + norms)
+        library = amx_max_pool.load() if amx and device.type == "cpu" and self.dtype == torch.bfloat16 else None
+        self.amx = None
+        if library:
+            rounded = weight.to(torch.bfloat16)
+            residual_norms = (weight - rounded.float()).norm(dim=1)
+            self.amx = amx_max_pool.AmxScreen(library, rounded, self.screen_bias,
+                                              (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)))
+        else:
+            self.negated = (-weight).to(self.dtype)  # negation is exact: the bound holds for -w as for w
 
     @property
     def vocab_size(self) -> int:
@@ -103,23 +148,39 @@ class ScreenedProjection:
 
     def __call__(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[documents, vocabulary] float32 weights; `mask` marks the real tokens (one at least each)."""
+        return self.sparse(states, mask).dense()
+
+    def sparse(self, states: torch.Tensor, mask: torch.Tensor) -> SparseWeights:
+        """The positive weights alone: what an index stores, without [documents, vocabulary] passes."""
         states = _padding_as_first_token(states.float(), mask.bool())
         with _fp32_matmuls():
             upper = self.screen(states)
-            candidates = (upper > 0).nonzero(as_tuple=True)
-            exact = self.recheck(states, *candidates)
-        weights = torch.zeros(states.shape[0], self.vocab_size, device=states.device)
-        weights[candidates] = torch.log1p(torch.relu(exact))
-        return weights
+            documents, terms = (upper > 0).nonzero(as_tuple=True)
+            weights = torch.log1p(torch.relu(self.recheck(states, documents, terms)))
+        kept = weights != 0  # NaN stays, for the caller to refuse
+        return SparseWeights(documents[kept], terms[kept], weights[kept], (states.shape[0], self.vocab_size))
 
     def screen(self, states: torch.Tensor) -> torch.Tensor:
-        """An upper bound of each (document, term) max logit + bias, +inf where a logit is positive."""
-        documents, length, hidden = states.shape
-        low = states.to(self.dtype)
+        """An upper bound of each (document, term) max logit + bias (+inf where the torch screen saw a positive one)."""
+        if self.amx is not None:
+            states = _length_padded(states)  # the kernel's tiles take 32 tokens (a copy of one changes no max)
+        low, norms = states.to(self.dtype), states.norm(dim=2).amax(dim=1)
+        if self.amx is not None:  # the bound of `accumulation_factor`, from each document's largest norms
+            rounded = low.float()
+            residual = (states - rounded).norm(dim=2).amax(dim=1)
+            upper = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded.norm(dim=2).amax(dim=1)))
+        else:
+            upper = self.tiled_max(low) + self.screen_bias + norms[:, None] * self.bound[None, :]
+        upper[~torch.isfinite(norms)] = torch.inf  # NaN or Inf states: every weight is rechecked, and not finite
+        return upper
+
+    def tiled_max(self, low: torch.Tensor) -> torch.Tensor:
+        """Each (document, term) max logit of low-precision states, +inf where one is positive; torch ops."""
+        documents, length, hidden = low.shape
         bits = BITS_AS_INT[self.dtype]
         per_tile = max(1, self.tiling.rows // length)
-        negated_min = torch.empty(documents, self.vocab_size, dtype=bits, device=states.device)
-        block = torch.empty(per_tile * length * self.tiling.terms, dtype=self.dtype, device=states.device)
+        negated_min = torch.empty(documents, self.vocab_size, dtype=bits, device=low.device)
+        block = torch.empty(per_tile * length * self.tiling.terms, dtype=self.dtype, device=low.device)
         for first in range(0, documents, per_tile):
             tokens = low[first : first + per_tile].reshape(-1, hidden)
             for start in range(0, self.vocab_size, self.tiling.terms):
@@ -130,8 +191,7 @@ class ScreenedProjection:
                            out=negated_min[first : first + per_tile, start : start + negated.shape[0]])
         screened_max = -negated_min.view(self.dtype).float()
         screened_max[negated_min < 0] = torch.inf  # a positive logit (or -0.0): keep, recheck
-        norms = states.norm(dim=2).amax(dim=1)
-        return screened_max + self.bias + norms[:, None] * self.bound[None, :]
+        return screened_max
 
     def recheck(self, states: torch.Tensor, documents: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
         """fp32 max logit + bias of each (document, term) pair, pairs given in document order."""
@@ -158,7 +218,10 @@ def _padding_as_first_token(states: torch.Tensor, mask: torch.Tensor) -> torch.T
     the max over real tokens, with no masking in the tiles. The length is padded to a multiple of
     LENGTH_MULTIPLE the same way, so that a corpus meets a few tile shapes (oneDNN compiles a kernel
     for each new shape, ~25 ms here) instead of one per length."""
-    states = torch.where(mask.unsqueeze(-1), states, states[:, :1])
+    return _length_padded(torch.where(mask.unsqueeze(-1), states, states[:, :1]))
+
+
+def _length_padded(states: torch.Tensor) -> torch.Tensor:
     extra = -states.shape[1] % LENGTH_MULTIPLE
     return torch.cat([states, states[:, :1].expand(-1, extra, -1)], dim=1) if extra else states
 

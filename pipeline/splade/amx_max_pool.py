@@ -1,0 +1,118 @@
+"""The screen's max-pooled bf16 projection on Intel AMX tiles: a small C kernel (`amx_max_pool.c`), built
+with the system's C compiler on first use, cached, and called through ctypes.
+
+oneDNN's bf16 GEMM writes the [tokens x terms] logits out and a second pass max-pools them; the kernel
+max-pools each 32 x 32 tile of logits as it leaves the tile registers, so the logits never reach memory
+(~3x the torch screen's rate on our 2-core machine, `make bench`). Its OpenMP threads share the terms; built
+with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
+pool (torch.set_num_threads) rather than fighting a second pool for the cores.
+
+`load()` is None where the CPU has no AMX, no C compiler is found, the build fails (e.g. a compiler
+without AMX intrinsics, GCC < 11) or PIPELINE_AMX=0: the torch screen runs instead, with the same output.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("amx_max_pool.c")
+FLAGS = ["-O2", "-mavx512f", "-mamx-tile", "-mamx-bf16", "-fopenmp", "-shared", "-fPIC"]
+TILE = 32  # tokens, hidden entries and terms per step of the kernel
+# Terms per block: the block's packed weights (terms x hidden bf16) stay in a core's L2 while documents pass.
+BLOCK_BYTES = 512 * 1024
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _cache_folder() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splade-pipeline"
+
+
+def _build(compiler: str) -> Path:
+    """The kernel's shared library, compiled once per source and flags (named by their hash); written to a
+    temporary name and renamed, so that concurrent ranks never load a half-written file."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    library = _cache_folder() / f"amx_max_pool-{digest}.so"
+    if not library.is_file():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        staging = library.with_name(f"{library.name}.{os.getpid()}.tmp")
+        try:
+            subprocess.run([compiler, *FLAGS, "-o", str(staging), str(SOURCE)], check=True, capture_output=True, text=True)
+            os.replace(staging, library)
+        finally:
+            staging.unlink(missing_ok=True)
+    return library
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The kernel, ready to run in this process, or None (and why, logged once)."""
+    if os.environ.get("PIPELINE_AMX", "1") == "0":
+        return None
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None:
+        log.info("no C compiler (cc, or $CC): the screen runs on torch's bf16 GEMM instead of the AMX kernel")
+        return None
+    try:
+        library = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.CalledProcessError) as error:
+        said = getattr(error, "stderr", "") or str(error)
+        log.warning("could not build the AMX kernel with %s (%s): the screen runs on torch's bf16 GEMM",
+                    compiler, said.strip().splitlines()[-1] if said.strip() else error)
+        return None
+    if library.amx_request() != 0:
+        log.warning("Linux refused this process AMX state: the screen runs on torch's bf16 GEMM")
+        return None
+    library.amx_max_pool.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
+    library.amx_max_pool.restype = None
+    return library
+
+
+class AmxScreen:
+    """upper[d, v] = max over document d's tokens of tokens[d] @ weight[v] (bf16 products summed in fp32)
+    + bias[v] + scales[0][d] * slacks[0][v] + scales[1][d] * slacks[1][v]: the screen's bound, in one pass."""
+
+    def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor,
+                 slacks: tuple[torch.Tensor, torch.Tensor]):
+        vocab, hidden = weight.shape
+        self.library, self.vocab_size, self.hidden = library, vocab, _round_up(hidden, TILE)
+        padded_vocab = _round_up(vocab, TILE)
+        padded = torch.zeros(padded_vocab, self.hidden, dtype=torch.bfloat16)
+        padded[:vocab, :hidden] = weight
+        # AMX's B operand: 16 terms x 32 hidden entries per tile, entries in adjacent pairs per term (VNNI).
+        self.packed = padded.view(-1, 16, self.hidden // TILE, 16, 2).permute(0, 2, 3, 1, 4).contiguous()
+        self.bias = torch.full((padded_vocab,), -torch.inf)  # padding terms: never candidates
+        self.bias[:vocab] = bias
+        self.slacks = [torch.zeros(padded_vocab) for _ in slacks]
+        for padded_slack, slack in zip(self.slacks, slacks):
+            padded_slack[:vocab] = slack
+        self.block_terms = max(TILE, BLOCK_BYTES // (self.hidden * 2) // TILE * TILE)
+
+    def __call__(self, tokens: torch.Tensor, scales: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """[documents, vocabulary] fp32 bounds of bf16 tokens [documents, length, hidden] (length a multiple of
+        32), with fp32 scales [documents]."""
+        documents, length, hidden = tokens.shape
+        if length % TILE:
+            raise ValueError(f"the AMX kernel takes documents of a multiple of {TILE} tokens, not {length}")
+        if hidden != self.hidden:
+            tokens = F.pad(tokens, (0, self.hidden - hidden))
+        tokens, scales = tokens.contiguous(), [scale.float().contiguous() for scale in scales]
+        out = torch.empty(documents, self.bias.shape[0])
+        self.library.amx_max_pool(tokens.data_ptr(), self.packed.data_ptr(), self.bias.data_ptr(),
+                                  *(slack.data_ptr() for slack in self.slacks), *(scale.data_ptr() for scale in scales),
+                                  out.data_ptr(), documents, length, self.hidden, out.shape[1], self.block_terms)
+        return out[:, : self.vocab_size]

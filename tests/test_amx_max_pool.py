@@ -1,0 +1,101 @@
+"""The AMX kernel of the screen: its max-pooled logits are those of the bf16-rounded inputs, its bound holds,
+and the projection it screens gives the same weights as the torch screen. On a CPU with AMX the kernel
+must build and run; elsewhere its tests are skipped, saying so, and the torch screen runs."""
+
+import pytest
+import torch
+
+from pipeline.splade import amx_max_pool
+from pipeline.splade.screened_projection import ScreenedProjection, accumulation_factor, cpu_flags
+
+from test_screened_projection import exact_weights, random_case
+
+HAS_AMX = {"amx_tile", "amx_bf16"} <= cpu_flags()
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX (amx_tile, amx_bf16): the torch screen runs")
+
+
+@needs_amx
+def test_the_kernel_builds_and_loads_where_the_cpu_has_amx():
+    assert amx_max_pool.load() is not None
+
+
+@needs_amx
+@pytest.mark.parametrize(("documents", "length", "hidden", "vocab"), [(3, 32, 32, 64), (5, 64, 128, 1000), (1, 96, 40, 33)],
+                         ids=["one-tile", "ragged-vocab", "ragged-hidden"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, threads):
+    """Tiles, VNNI packing, padding of hidden and vocabulary, and the split of terms among threads."""
+    generator = torch.Generator().manual_seed(documents + hidden)
+    tokens = torch.randn(documents, length, hidden, generator=generator).bfloat16()
+    weight = torch.randn(vocab, hidden, generator=generator).bfloat16()
+    bias, slacks = torch.randn(vocab, generator=generator), (torch.rand(vocab, generator=generator), torch.rand(vocab, generator=generator))
+    scales = (torch.rand(documents, generator=generator), torch.rand(documents, generator=generator))
+    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), weight, bias, slacks)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        upper = screen(tokens, scales)
+    finally:
+        torch.set_num_threads(saved)
+    expected = (tokens.double() @ weight.double().T).amax(dim=1) + bias.double() \
+        + scales[0].double()[:, None] * slacks[0].double() + scales[1].double()[:, None] * slacks[1].double()
+    assert upper.shape == (documents, vocab)
+    torch.testing.assert_close(upper.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@needs_amx
+def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
+    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32),
+                                    (torch.zeros(32), torch.zeros(32)))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        screen(torch.ones(1, 31, 32).bfloat16(), (torch.zeros(1), torch.zeros(1)))
+
+
+@needs_amx
+@pytest.mark.parametrize(("shift", "scale", "hidden"), [(0.0, 1.0, 32), (-1.0, 16.0, 64), (2.0, 1.0, 40), (0.0, 0.01, 128)],
+                         ids=["plain", "inflated", "dense", "tiny-logits"])
+def test_the_amx_bound_holds_and_the_weights_equal_the_torch_screens(shift, scale, hidden):
+    states, mask, weight, bias = random_case(4, documents=6, length=40, hidden=hidden, vocab=3000, shift=shift, scale=scale)
+    amx = ScreenedProjection(weight, bias, dtype=torch.bfloat16)
+    assert amx.amx is not None
+    padded = torch.where(mask.bool().unsqueeze(-1), states, states[:, :1])
+    exact_max = (padded.double() @ weight.double().T).amax(dim=1) + bias.double()
+    assert (amx.screen(padded).double() >= exact_max).all()
+    ours = amx(states, mask)
+    torch_screen = ScreenedProjection(weight, bias, dtype=torch.bfloat16, amx=False)
+    assert torch_screen.amx is None
+    assert torch.equal(ours, torch_screen(states, mask))  # the same fp32 recheck of every positive pair
+    torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+@needs_amx
+def test_the_amx_bound_is_tighter_and_screens_fewer_candidates(encoder):
+    """Residual norms instead of the worst case: fewer pairs to recheck on real states, same weights."""
+    batch, _ = encoder.tokenize(["Glaciers are slow rivers of ice that carve valleys in mountains. " * 20,
+                                 "Vaccines train the immune system to recognise a virus."], 256)
+    with torch.inference_mode():
+        states = encoder.model.head.transform(encoder.model.hidden_states(batch["input_ids"], batch["attention_mask"]))
+    decoder = encoder.model.head.decoder
+    amx, plain = ScreenedProjection(decoder.weight, decoder.bias), ScreenedProjection(decoder.weight, decoder.bias, amx=False)
+    padded = torch.where(batch["attention_mask"].bool().unsqueeze(-1), states, states[:, :1])
+    assert 0 < (amx.screen(padded) > 0).sum() < (plain.screen(padded) > 0).sum()
+    assert torch.equal(amx(states, batch["attention_mask"]), plain(states, batch["attention_mask"]))
+    assert 0 < accumulation_factor(128) < 1e-4
+
+
+def test_without_a_compiler_the_torch_screen_runs(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert amx_max_pool.load.__wrapped__() is None
+    monkeypatch.setenv("PIPELINE_AMX", "0")
+    assert amx_max_pool.load.__wrapped__() is None
+
+
+@needs_amx
+def test_the_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = amx_max_pool.load.__wrapped__()
+    built = list((tmp_path / "splade-pipeline").iterdir())
+    assert first is not None and len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    assert amx_max_pool.load.__wrapped__() is not None
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
