@@ -42,3 +42,25 @@ def test_values_and_gradients_match_the_reference():
     for name, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(ours_grads[name], p.grad, msg=name)
+
+
+TEXTS = ["Glaciers are slow rivers of ice that carve valleys in mountains. " * 30, "hi", "",
+         "Caffeine in coffee stimulates the central nervous system.", "naïve café — 東京 🙂"]
+
+
+def test_batches_are_what_the_tokenizer_gives(encoder):
+    """The Rust tokenizer called directly gives the ids and mask of `tokenizer(...)`, on either padding side,
+    counts the texts it cut, and works on copies of it (another thread may be using the tokenizer)."""
+    from pipeline.splade.model import SpladeEncoder
+
+    for padding_side in ("right", "left"):
+        tokenizer = copy.deepcopy(encoder.tokenizer)
+        tokenizer.padding_side = padding_side
+        ours = SpladeEncoder(encoder.model, tokenizer, encoder.device)
+        for max_length in (8, 64, 512):
+            batch, truncated = ours.host_batch(TEXTS, max_length)
+            expected = tokenizer(TEXTS, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            assert torch.equal(batch["input_ids"], expected["input_ids"])
+            assert torch.equal(batch["attention_mask"], expected["attention_mask"])
+            assert truncated == sum(len(ids) > max_length for ids in tokenizer(TEXTS)["input_ids"])
+        assert len(ours._backends) == 3 and all(b is not tokenizer.backend_tokenizer for b in ours._backends.values())
