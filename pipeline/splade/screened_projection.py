@@ -137,7 +137,8 @@ class ScreenedProjection:
         hidden, norms = weight.shape[1], weight.norm(dim=1)
         self.bound = error_factor(self.dtype, hidden) * norms + hidden * FLUSHED  # times the token's norm
         self.screen_bias = self.bias + hidden * FLUSHED * (1 + norms)
-        library = amx_max_pool.load() if amx and device.type == "cpu" and self.dtype == torch.bfloat16 else None
+        on_amx = amx and device.type == "cpu" and self.dtype == torch.bfloat16 and {"amx_tile", "amx_bf16"} <= cpu_flags()
+        library = amx_max_pool.load() if on_amx else None
         self.amx = None
         if library:
             rounded = weight.to(torch.bfloat16)
