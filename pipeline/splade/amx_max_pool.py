@@ -7,8 +7,9 @@ max-pools each 32 x 32 tile of logits as it leaves the tile registers, so the lo
 with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
 pool (torch.set_num_threads) rather than fighting a second pool for the cores.
 
-`load()` is None where the CPU has no AMX, no C compiler is found, the build fails (e.g. a compiler
-without AMX intrinsics, GCC < 11) or PIPELINE_AMX=0: the torch screen runs instead, with the same output.
+Callers load it only where /proc/cpuinfo lists amx_tile and amx_bf16. `load()` is None where no C compiler
+is found, the build fails (e.g. a compiler without AMX intrinsics, GCC < 11), Linux refuses AMX state, or
+PIPELINE_AMX=0: the torch screen runs instead, with the same output.
 """
 
 from __future__ import annotations

@@ -135,7 +135,6 @@ class ScreenedProjection:
         self.weight = weight
         self.bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.detach().float()
         hidden, norms = weight.shape[1], weight.norm(dim=1)
-        self.bound = error_factor(self.dtype, hidden) * norms + hidden * FLUSHED  # times the token's norm
         self.screen_bias = self.bias + hidden * FLUSHED * (1 + norms)
         on_amx = amx and device.type == "cpu" and self.dtype == torch.bfloat16 and {"amx_tile", "amx_bf16"} <= cpu_flags()
         library = amx_max_pool.load() if on_amx else None
@@ -147,6 +146,7 @@ class ScreenedProjection:
                                               (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)))
         else:
             self.negated = (-weight).to(self.dtype)  # negation is exact: the bound holds for -w as for w
+            self.bound = error_factor(self.dtype, hidden) * norms + hidden * FLUSHED  # times the token's norm
 
     @property
     def vocab_size(self) -> int:
