@@ -88,10 +88,16 @@ CORPUS ?=
 CORPORA = $(sort $(foreach dataset,$(DATASETS),$(corpus.$(dataset))) $(CORPUS))
 corpus_input = $(wildcard $(1) $(1)/*)
 
-# $(1) corpus, $(2) its folder, $(3) model, $(4) the model's tag: the documents encoded and indexed once.
+# The datasets of DATASETS over corpus $(1), and where their encoded queries go ($(2) its folder, $(3) the model's tag).
+datasets_of = $(foreach dataset,$(DATASETS),$(if $(filter $(1),$(corpus.$(dataset))),$(dataset)))
+query_file = indexes/$(2)/$(3)/queries/$(call slug,$(1)).jsonl
+
+# $(1) corpus, $(2) its folder, $(3) model, $(4) the model's tag: the documents encoded and indexed once,
+# and the queries of each dataset over them encoded in the same process (the model loaded once; a
+# query set added later encodes its queries alone, the documents being done).
 define CORPUS_MODEL_RULES
-indexes/$(2)/$(4)/encoded/stats.json: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+indexes/$(2)/$(4)/encoded/stats.json $(foreach dataset,$(call datasets_of,$(1)),$(call query_file,$(dataset),$(2),$(4))) &: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
+	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded $(foreach dataset,$(call datasets_of,$(1)),--queries $(dataset)=$(call query_file,$(dataset),$(2),$(4))) --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
 
 indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
 	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)
@@ -103,11 +109,8 @@ indexes/$(2)/bm25.json: $(call corpus_input,$(1)) | $(SETUP)
 	$(PY) -m pipeline index --corpus $(1) --out indexes/$(2)/bm25 --threads $(THREADS)
 endef
 
-# $(1) dataset, $(2) its folder, $(3) its corpus's folder, $(4) model, $(5) the model's tag: its queries.
+# $(1) dataset, $(2) its folder, $(3) its corpus's folder, $(4) model, $(5) the model's tag: its impact run.
 define MODEL_RULES
-indexes/$(3)/$(5)/queries/$(2).jsonl: $(call model_input,$(4)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(4) --dataset $(1) --queries-only --out $$@ --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
-
 runs/$(2)/$(5).trec: indexes/$(3)/$(5)/lucene.json indexes/$(3)/$(5)/queries/$(2).jsonl
 	$(PY) -m pipeline search --index indexes/$(3)/$(5)/lucene --dataset $(1) --queries indexes/$(3)/$(5)/queries/$(2).jsonl --run $$@ --threads $(THREADS)
 endef

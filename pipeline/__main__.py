@@ -35,11 +35,19 @@ def _positive_float(text: str) -> float:
 _positive_int.__name__, _positive_float.__name__ = "positive integer", "positive number"
 
 
-def _run_pair(text: str) -> tuple[str, Path]:
+def _named_path(text: str, what: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected NAME=RUN_FILE, got {text!r}")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return name, Path(path)
+
+
+def _run_pair(text: str) -> tuple[str, Path]:
+    return _named_path(text, "NAME=RUN_FILE")
+
+
+def _query_file(text: str) -> tuple[str, Path]:
+    return _named_path(text, "DATASET=FILE")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -77,11 +85,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = stages.add_parser("encode", help="corpus (and queries) -> JsonVectorCollection impact vectors")
     p.add_argument("--model", required=True, help="local HF checkpoint folder or Hugging Face model id")
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--corpus", help=f"the documents alone: {CORPUS_HELP}")
     source.add_argument("--dataset", help="its corpus and its queries: short name, ir_datasets id or BEIR folder")
-    p.add_argument("--queries-only", action="store_true", help="--dataset's queries alone, into the file --out")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--queries", dest="queries", type=_query_file, action="append", metavar="DATASET=FILE",
+                   help="also (or, alone, only) DATASET's queries into FILE; repeatable")
+    p.add_argument("--out", type=Path, help="the documents' folder (with --corpus or --dataset)")
     p.add_argument("--scale", type=_positive_float, default=100, help="quantization: int(round(weight * scale))")
     p.add_argument("--max-doc-length", type=_positive_int, default=256)
     p.add_argument("--max-query-length", type=_positive_int, default=64)
@@ -195,8 +204,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.stage == "encode" and args.queries_only and not args.dataset:
-        parser.error("encode: --queries-only needs --dataset (whose queries to encode)")
+    if args.stage == "encode" and not (args.corpus or args.dataset or args.queries):
+        parser.error("encode: give --corpus or --dataset (documents, into --out), or --queries DATASET=FILE")
+    if args.stage == "encode" and (args.corpus or args.dataset) and not args.out:
+        parser.error("encode: --corpus and --dataset need --out (the documents' folder)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from pipeline.errors import PipelineError
 
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "encode":
             from pipeline.encode import encode
 
-            encode(args.model, args.out, corpus=args.corpus, dataset=args.dataset, queries_only=args.queries_only,
+            encode(args.model, args.out, corpus=args.corpus, dataset=args.dataset, queries=dict(args.queries or ()),
                    scale=args.scale, max_doc_length=args.max_doc_length,
                    max_query_length=args.max_query_length, batch_size=args.batch_size, part_size=args.part_size,
                    shard=args.shard, fresh=args.fresh, device=args.device, accept_collapsed=args.accept_collapsed)

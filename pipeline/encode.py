@@ -7,8 +7,9 @@ Output folder of the documents (resumable parts, `pipeline.parts`):
   settings.json, done/, manifest.json   what the parts come from, each part's record, all of them
   queries.jsonl           the same record per query (its text in "contents"), when encoding a dataset
   stats.json              corpus (and dataset), counts, truncations, empty vectors, timing (written last)
-A dataset's queries alone (`queries_only`) go to a file, e.g. queries/<dataset>.jsonl, with their
-stats (dataset, corpus, counts) in queries/<dataset>.jsonl.json.
+Query sets may go to files of their own, e.g. queries/<dataset>.jsonl, with their stats (dataset,
+corpus, counts) in queries/<dataset>.jsonl.json: in the same process as their corpus (the model loaded
+once), or alone. Documents already encoded (their manifest and stats.json there) are not encoded again.
 
 Weights are quantized as int(round(w * scale)) here, because Anserini truncates them to integers.
 A blank (empty or whitespace-only) text gets an empty vector. Anserini silently drops a document whose
@@ -20,9 +21,10 @@ A blank query keeps its empty vector and retrieves nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -195,11 +197,11 @@ def _model_fingerprint(model: str) -> dict:
 
 def encode(
     model: str,
-    out: Path,
+    out: Path | None = None,
     *,
     corpus: str | None = None,
     dataset: str | None = None,
-    queries_only: bool = False,
+    queries: Mapping[str, Path] | None = None,
     scale: float = 100,
     max_doc_length: int = 256,
     max_query_length: int = 64,
@@ -210,20 +212,25 @@ def encode(
     device: str | None = None,
     accept_collapsed: bool = False,
 ) -> dict | None:
-    """Encode with SPLADE `model` the documents of `corpus` (`data.load_corpus`) into the folder `out`;
-    or `dataset`'s corpus into `out` and its queries into `out`/queries.jsonl; or, `queries_only`,
-    `dataset`'s queries alone into the file `out`.
+    """Encode with SPLADE `model` the documents of `corpus` (`data.load_corpus`) into the folder `out`,
+    or `dataset`'s corpus into `out` and its queries into `out`/queries.jsonl; then the queries of each
+    dataset of `queries` ({dataset: file}) into its file. `queries` alone encodes no documents.
 
     Documents go in parts of `part_size` (`pipeline.parts`): a killed run continues from its last
-    complete part. Under torchrun each rank encodes the parts i with i % world == rank and rank 0
-    finishes; with `shard` ("i/N") this process encodes its parts and stops, and a run without
-    `shard` then verifies the parts and finishes. Finishing verifies every part, encodes the dataset's
-    queries (if any) and writes `stats.json` last. Returns the stats (None for a shard that does not finish).
+    complete part, and a finished `out` (made with the same settings) is not encoded again. Under
+    torchrun each rank encodes the parts i with i % world == rank and rank 0 finishes; with `shard`
+    ("i/N") this process encodes its parts and stops, and a run without `shard` then verifies the parts
+    and finishes. Finishing verifies every part, encodes the dataset's queries (if any) and writes
+    `stats.json` last. Returns the documents' stats, with each query file's under "query_files" (None
+    for a rank or shard that does not finish).
     A model whose training collapsed is refused unless `accept_collapsed`."""
-    if (corpus is None) == (dataset is None) or (queries_only and dataset is None):
-        raise ValueError("encode takes a corpus, or a dataset (with queries_only, its queries alone)")
+    if (corpus is not None and dataset is not None) or (corpus is None and dataset is None and not queries):
+        raise ValueError("encode takes a corpus or a dataset, and query files, or query files alone")
+    if (corpus is not None or dataset is not None) and out is None:
+        raise ValueError("encode needs an output folder for the documents")
     query_set = data.load(dataset) if dataset is not None else None
-    documents = None if queries_only else query_set.corpus if query_set is not None else data.load_corpus(corpus)
+    query_files = [(data.load(name), Path(path)) for name, path in (queries or {}).items()]
+    documents = query_set.corpus if query_set is not None else data.load_corpus(corpus) if corpus is not None else None
     refuse_collapsed(model, accept_collapsed)
     ranks = join(shard)
     try:
@@ -231,41 +238,63 @@ def encode(
         encoder = SpladeEncoder.load(model, device=str(resolved))  # a bad model fails before any output
         terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
         settings = {"model": model, "scale": scale, "max_query_length": max_query_length, "batch_size": batch_size}
-        if documents is None:
-            return _encode_query_file(query_set, out, encoder, terms, settings) if ranks.rank == 0 else None
-        plan = Plan(documents.docs_count(), part_size)
-        store = PartStore(out, {
-            "corpus": documents.name, "corpus_source": _corpus_fingerprint(documents), "model": model,
-            "model_files": _model_fingerprint(model), "device": resolved.type, "scale": float(scale),
-            "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
-        })
         if ranks.rank == 0:
-            documents.check()  # a bad line anywhere fails now, not after hours of encoding
-            if query_set is not None:
-                query_set.check()
-            store.open(fresh=fresh)
-        ranks.barrier()
-        if ranks.rank != 0:
-            store.open()
-        try:
-            _encode_parts(store, plan, ranks, documents, encoder, terms, scale=scale, max_doc_length=max_doc_length,
-                          batch_size=batch_size)
-        except BaseException as error:
-            kept = store.discard_if_empty()
-            if isinstance(error, KeyboardInterrupt) and kept:
-                log.warning("interrupted: the complete parts stay in %s; the same command continues from them", out)
-            if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
-                raise OutputError(f"cannot write {out}: {error.strerror} "
-                                  f"({'complete parts kept: rerun to continue' if kept else 'nothing was left there'})") from None
-            raise
-        ranks.barrier()
-        if ranks.rank != 0 or (shard is not None and ranks.world > 1):
-            if shard is not None:
-                log.info("shard %s done; run again without --shard to verify all parts and finish", shard)
+            for query_file_set, _ in query_files:
+                query_file_set.check()  # before hours of documents
+        stats = {}
+        if documents is not None:
+            stats = _encode_documents(out, documents, query_set, ranks, encoder, terms, settings, shard=shard,
+                                      fresh=fresh, device=resolved.type, max_doc_length=max_doc_length,
+                                      part_size=part_size)
+        if stats is None or ranks.rank != 0:
             return None
-        return _finish(store, plan, documents, query_set, encoder, terms, settings, max_doc_length=max_doc_length)
+        if query_files:
+            stats["query_files"] = {query_file_set.name: _encode_query_file(query_file_set, path, encoder, terms, settings)
+                                    for query_file_set, path in query_files}
+        return stats
     finally:
         ranks.close()
+
+
+def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset | None, ranks, encoder, terms,
+                      settings: dict, *, shard, fresh, device, max_doc_length, part_size) -> dict | None:
+    """The documents' parts (and `query_set`'s queries.jsonl beside them); their stats on the rank that
+    finishes, else None."""
+    scale, batch_size = settings["scale"], settings["batch_size"]
+    plan = Plan(documents.docs_count(), part_size)
+    store = PartStore(out, {
+        "corpus": documents.name, "corpus_source": _corpus_fingerprint(documents), "model": settings["model"],
+        "model_files": _model_fingerprint(settings["model"]), "device": device, "scale": float(scale),
+        "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
+    })
+    if not fresh and store.finished() and (out / "stats.json").is_file():
+        log.info("%s: its documents are encoded already (manifest.json, stats.json)", out)
+        return json.loads((out / "stats.json").read_text())
+    if ranks.rank == 0:
+        documents.check()  # a bad line anywhere fails now, not after hours of encoding
+        if query_set is not None:
+            query_set.check()
+        store.open(fresh=fresh)
+    ranks.barrier()
+    if ranks.rank != 0:
+        store.open()
+    try:
+        _encode_parts(store, plan, ranks, documents, encoder, terms, scale=scale, max_doc_length=max_doc_length,
+                      batch_size=batch_size)
+    except BaseException as error:
+        kept = store.discard_if_empty()
+        if isinstance(error, KeyboardInterrupt) and kept:
+            log.warning("interrupted: the complete parts stay in %s; the same command continues from them", out)
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRORS:
+            raise OutputError(f"cannot write {out}: {error.strerror} "
+                              f"({'complete parts kept: rerun to continue' if kept else 'nothing was left there'})") from None
+        raise
+    ranks.barrier()
+    if ranks.rank != 0 or (shard is not None and ranks.world > 1):
+        if shard is not None:
+            log.info("shard %s done; run again without --shard to verify all parts and finish", shard)
+        return None
+    return _finish(store, plan, documents, query_set, encoder, terms, settings, max_doc_length=max_doc_length)
 
 
 def _encode_parts(store: PartStore, plan: Plan, ranks, corpus: data.Corpus, encoder, terms, *, scale,
@@ -302,7 +331,6 @@ def _encode_queries(dataset: data.Dataset, path: Path, encoder, terms, settings:
 def _encode_query_file(dataset: data.Dataset, out: Path, encoder, terms, settings: dict) -> dict:
     """`dataset`'s queries alone into the file `out`, their stats (naming the dataset and its corpus,
     which search checks) beside it in `out`.json, written first: `out` appears complete or not at all."""
-    dataset.check()
     with atomic_path(out) as staging:
         stats = {"dataset": dataset.name, "corpus": dataset.corpus.name, **settings,
                  **_encode_queries(dataset, staging, encoder, terms, settings)}

@@ -96,6 +96,11 @@ class PartStore:
         if not settings_file.is_file():
             _write_whole(settings_file, (json.dumps(self.settings, indent=2, sort_keys=True) + "\n").encode())
 
+    def finished(self) -> bool:
+        """Its manifest is written, from these settings: the output is complete."""
+        manifest = self.folder / "manifest.json"
+        return manifest.is_file() and json.loads(manifest.read_text())["settings"] == self.settings
+
     def name(self, part: int) -> str:
         return f"part-{part:05d}"
 

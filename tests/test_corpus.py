@@ -41,11 +41,13 @@ def test_make_encodes_and_indexes_a_corpus_once(datasets, corpus, tmp_path):
     commands = make_commands(tmp_path, "beir-eval", f"DATASETS={datasets}")
     stage = lambda *words: [line for line in commands if all(word in line.split() for word in words)]
     names = datasets.split()
-    assert len(stage("encode", "--corpus")) == 1
-    assert stage("encode", "--corpus")[0].split("--out ")[1].startswith(f"indexes/{corpus}/splade-tiny/encoded ")
+    assert len(stage("encode")) == len(stage("encode", "--corpus")) == 1  # documents and queries: one process
+    words = stage("encode")[0].split()
+    assert words[words.index("--out") + 1] == f"indexes/{corpus}/splade-tiny/encoded"
     assert len(stage("index", "--vectors")) == len(stage("index", "--corpus")) == 1
-    assert [line.split("--dataset ")[1].split()[0] for line in stage("encode", "--queries-only")] == names
-    assert all(f"indexes/{corpus}/splade-tiny/queries/" in line for line in stage("encode", "--queries-only"))
+    query_files = [words[i + 1].split("=") for i, word in enumerate(words) if word == "--queries"]
+    assert [name for name, _ in query_files] == names
+    assert all(path.startswith(f"indexes/{corpus}/splade-tiny/queries/") for _, path in query_files)
     impact, bm25 = stage("search", "--queries"), [line for line in stage("search") if "--queries" not in line]
     assert len(impact) == len(bm25) == len(names)
     assert all(f"--index indexes/{corpus}/splade-tiny/lucene " in line for line in impact)
@@ -89,13 +91,24 @@ def test_query_sets_share_one_encoding_and_index_of_their_corpus(model_path, tmp
     register_stand_ins(tmp_path / "stand-in")
     assert data.load("corpus-test/a").corpus.name == data.load("corpus-test/b").corpus.name == "corpus-test"
     assert data.load("corpus-test/other").corpus.name == "corpus-test/other"
-    stats = encode(model_path, tmp_path / "encoded", corpus="corpus-test/a", batch_size=4)
+    queries_of = lambda name: tmp_path / "queries" / f"{name}.jsonl"
+    stats = encode(model_path, tmp_path / "encoded", corpus="corpus-test/a", queries={"corpus-test/a": queries_of("a")},
+                   batch_size=4)
     assert stats["corpus"] == "corpus-test" and stats["docs"]["texts"] == len(DOCS)
+    assert stats["query_files"]["corpus-test/a"]["queries"]["texts"] == 3
     assert index(tmp_path / "lucene", vectors=tmp_path / "encoded" / "docs")["corpus"] == "corpus-test"
     assert index(tmp_path / "bm25", corpus="corpus-test/b")["corpus"] == "corpus-test"
+    # A query set added later: its queries alone, the documents being done (not encoded or rewritten again).
+    finished = {path: path.stat().st_mtime_ns for path in (tmp_path / "encoded").rglob("*")}
+    again = encode(model_path, tmp_path / "encoded", corpus="corpus-test/a", queries={"corpus-test/b": queries_of("b")},
+                   batch_size=4)
+    assert {path: path.stat().st_mtime_ns for path in (tmp_path / "encoded").rglob("*")} == finished
+    assert again["docs"] == stats["docs"] and set(again["query_files"]) == {"corpus-test/b"}
+    alone = tmp_path / "alone.jsonl"
+    assert encode(model_path, queries={"corpus-test/b": alone}, batch_size=4)["query_files"]["corpus-test/b"]["queries"]["texts"] == 2
+    assert alone.read_bytes() == queries_of("b").read_bytes()
     for name, qids in (("a", {"q1", "q2", "q3"}), ("b", {"q4", "q5"})):
-        queries = tmp_path / "queries" / f"{name}.jsonl"
-        encode(model_path, queries, dataset=f"corpus-test/{name}", queries_only=True)
+        queries = queries_of(name)
         assert json.loads(queries.with_name(f"{name}.jsonl.json").read_text())["corpus"] == "corpus-test"
         search(tmp_path / "lucene", tmp_path / f"{name}.trec", f"corpus-test/{name}", queries=queries)
         search(tmp_path / "bm25", tmp_path / f"{name}-bm25.trec", f"corpus-test/{name}")
