@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from pathlib import Path
-
-from ranx import Qrels, Run, compare
-from ranx import evaluate as ranx_evaluate
 
 from pipeline import data, leaderboards
 from pipeline.files import write_json
@@ -22,6 +20,7 @@ from pipeline.search import trec_order
 log = logging.getLogger(__name__)
 
 METRICS = ("ndcg@10", "recall@100", "recall@1000", "mrr@10")
+Hits = dict[str, list[tuple[str, float]]]
 
 
 def ranx_metrics(relevance_level: int) -> dict[str, str]:
@@ -33,35 +32,42 @@ def ranx_metrics(relevance_level: int) -> dict[str, str]:
             "mrr@10": "mrr@10", "map": f"map{level}"}
 
 
-def read_run(path: Path, name: str) -> Run:
-    """A TREC run as `ranked_run` (integer impact scores tie often). A document listed twice for a
-    query, a score that is not a finite number or an empty run is refused."""
-    hits: dict[str, list[tuple[str, float]]] = {}
-    places: dict[tuple[str, str], str] = {}
+def read_run(path: Path) -> Hits:
+    """A TREC run's hits, {qid: [(docid, score)]} in file order. A document listed twice for a query, a
+    score that is not a finite number or an empty run is refused."""
+    hits: Hits = {}
+    listed: dict[str, set[str]] = {}
     columns = {"qid": str, "q0": str, "docid": str, "rank": str, "score": float, "tag": str}
     for where, qid, _, docid, _, score, _ in data.read_columns(path, columns):
         if not math.isfinite(score):
             raise data.DataError(f"{where}: score {score} is not a finite number")
-        if (qid, docid) in places:
-            raise data.DataError(f"{where}: document {docid!r} listed twice for query {qid!r} (first at {places[qid, docid]})")
-        places[qid, docid] = where
+        docs = listed.setdefault(qid, set())
+        if docid in docs:
+            first = next(place for place, q, _, d, *_ in data.read_columns(path, columns) if (q, d) == (qid, docid))
+            raise data.DataError(f"{where}: document {docid!r} listed twice for query {qid!r} (first at {first})")
+        docs.add(docid)
         hits.setdefault(qid, []).append((docid, score))
     if not hits:
         raise data.DataError(f"{path}: empty run")
-    return ranked_run(hits, name)
+    return hits
 
 
-def ranked_run(hits: dict[str, list[tuple[str, float]]], name: str) -> Run:
-    """A ranx Run of {qid: [(docid, score)]} whose scores are the rank order under trec_eval's
-    tie-breaking, so that tied scores rank as trec_eval ranks them, not in an arbitrary order."""
+def ranked_run(hits: Hits, name: str, judged: Iterable[str] | None = None):
+    """A ranx Run of `hits` whose scores are the rank order under trec_eval's tie-breaking, so that tied
+    scores rank as trec_eval ranks them, not in an arbitrary order. With `judged`, it holds exactly those
+    queries, one without hits ranking nothing (ranx's `make_comparable`, done here: ranx's numba
+    dictionaries compile their methods anew in every process, seconds per run)."""
+    from ranx import Run  # 1.6 s to import: not for the stages that only read METRICS
+
+    queries = hits if judged is None else judged
     run = Run({qid: {docid: float(len(ranking) - position) for position, (docid, _) in enumerate(trec_order(ranking))}
-               for qid, ranking in hits.items()})
+               for qid in queries for ranking in [hits.get(qid, [])]})
     run.name = name
     return run
 
 
-def query_differences(qrels: dict, run: Run, name: str) -> list[str]:
-    judged, ranked = set(qrels), set(run.keys())
+def query_differences(judged: Iterable[str], hits: Hits, name: str) -> list[str]:
+    judged, ranked = set(judged), set(hits)
     notes = []
     if missing := judged - ranked:
         notes.append(f"{name}: {len(missing)} judged queries have no results and score 0 (e.g. {sorted(missing)[:3]})")
@@ -77,6 +83,9 @@ def evaluate(
 
     `qrels_file` (TREC format) replaces the dataset's own qrels, e.g. official files kept offline.
     """
+    from ranx import Qrels, compare
+    from ranx import evaluate as ranx_evaluate
+
     corpus = data.load(dataset)
     judgments = data.read_trec_qrels(qrels_file) if qrels_file else corpus.qrels()
     judged = {qid: docs for qid, docs in judgments.items() if docs}
@@ -84,18 +93,20 @@ def evaluate(
     names = ranx_metrics(corpus.relevance_level)
     loaded, notes = {}, []
     for name, path in runs.items():
-        run = read_run(path, name)
-        if not set(run.keys()) & set(judged):
-            raise data.DataError(f"{path}: none of its {len(run.keys())} queries is judged in {corpus.name} "
-                                 f"(e.g. {sorted(run.keys())[:3]}): a run of another dataset?")
-        notes += query_differences(judged, run, name)
-        loaded[name] = run
+        hits = read_run(path)
+        if not hits.keys() & judged.keys():
+            raise data.DataError(f"{path}: none of its {len(hits)} queries is judged in {corpus.name} "
+                                 f"(e.g. {sorted(hits)[:3]}): a run of another dataset?")
+        notes += query_differences(judged, hits, name)
+        loaded[name] = ranked_run(hits, name, judged)
     for note in notes:
         log.warning(note)
-    scores = {}
-    for name, run in loaded.items():
-        values = ranx_evaluate(qrels, run, list(names.values()), make_comparable=True)
-        scores[name] = {ours: float(values[theirs]) for ours, theirs in names.items()}
+    if len(loaded) > 1:  # compare evaluates each run
+        report = compare(qrels, list(loaded.values()), list(names.values()), stat_test="student", max_p=max_p)
+        means = report.results
+    else:
+        means = {name: ranx_evaluate(qrels, run, list(names.values())) for name, run in loaded.items()}
+    scores = {name: {ours: float(means[name][theirs]) for ours, theirs in names.items()} for name in loaded}
     result = {
         "dataset": corpus.name,
         "queries": len(judged),
@@ -105,8 +116,6 @@ def evaluate(
         "notes": notes,
     }
     if len(loaded) > 1:
-        report = compare(qrels, list(loaded.values()), list(names.values()), stat_test="student", max_p=max_p,
-                         make_comparable=True)
         result["comparison"] = {"test": "paired t-test", "max_p": max_p, "report": str(report)}
     if out is not None:
         write_json(out, result)

@@ -118,7 +118,7 @@ def evaluate_model(model: Path | str, target: EvalSet) -> dict:
     if not ranked:  # no query shares a term with any document
         return {**_zero_scores(target), **active}
     qrels = Qrels(target.qrels)
-    run = ranked_run(ranked, "run").make_comparable(qrels)  # a judged query without hits scores 0, as trec_eval -c
+    run = ranked_run(ranked, "run", target.qrels)  # a judged query without hits scores 0, as trec_eval -c
     ranx_evaluate(qrels, run, list(METRICS))
     return {"per_query": {metric: dict(run.scores[metric]) for metric in METRICS},
             **{metric: float(np.mean(list(run.scores[metric].values()))) for metric in METRICS}, **active}

@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerFast
 from pipeline import data
 from pipeline.encode import EMPTY_VECTOR_TERM, quantize, vocabulary_terms
 from pipeline.errors import PipelineError
-from pipeline.eval import read_run
+from pipeline.eval import ranked_run, read_run
 from pipeline.search import trec_order
 
 from conftest import write_beir_folder, write_trec
@@ -132,7 +132,7 @@ def test_runs_round_trip_in_trec_eval_order(hits):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "run.trec"
         write_trec({q: list(ranking.items()) for q, ranking in hits.items()}, path, "tag")
-        run = read_run(path, "run")
+        run = ranked_run(read_run(path), "run")
         for qid, ranking in hits.items():
             ours = sorted(run[qid], key=run[qid].get, reverse=True)
             assert ours == [docid for docid, _ in trec_order(list(ranking.items()))]
