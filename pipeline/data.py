@@ -367,24 +367,28 @@ def read_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
 MAX_IMPACT = 2**31 - 1
 
 
-def check_vectors(path: Path) -> int:
-    """Check a JsonVectorCollection (encode's docs/ folder, or a file) line by line, as Anserini would
-    otherwise skip a bad record silently or truncate a weight; return the number of records."""
-    count = 0
-    for where, record in jsonl_records(path):
-        check_id(record.get("id"), where, "document id")
+# A term must not hold whitespace (Lucene splits terms on it) nor the impact index's delimiter.
+_TERM_BREAK = re.compile(r"[\s\x01]")
+
+
+def checked_vectors(paths: Iterable[Path], start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """(where, id, vector) of records `start` to `stop` of JsonVectorCollection files, checked as an
+    index needs them: Anserini would skip a bad record silently or truncate a weight, Lucene split a term."""
+    for _, where, line in record_lines(list(paths), start, stop):
+        record = json_object(where, line)
+        doc_id = check_id(record.get("id"), where, "document id")
         vector = record.get("vector")
         if not isinstance(vector, dict) or not vector:
             raise DataError(f"{where}: expected a non-empty JSON object 'vector' of term: weight (Anserini drops an empty one)")
+        if "" in vector or _TERM_BREAK.search("".join(vector)):
+            term = next(term for term in vector if not term or _TERM_BREAK.search(term))
+            raise DataError(f"{where}: term {term!r} is empty or holds whitespace or \\x01 (Lucene splits terms on them)")
         for term, weight in vector.items():
-            if not term or any(char.isspace() for char in term):
-                raise DataError(f"{where}: term {term!r} is empty or holds whitespace (Anserini splits terms on it)")
-            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= MAX_IMPACT:
+            if type(weight) is not int or not 0 < weight <= MAX_IMPACT:
                 raise DataError(f"{where}: weight of term {term!r} must be a positive integer below 2^31, got {weight!r}")
         if sum(vector.values()) > MAX_IMPACT:
             raise DataError(f"{where}: the weights add up to more than 2^31 - 1, which Lucene cannot store (lower --scale)")
-        count += 1
-    return count
+        yield where, doc_id, vector
 
 
 def recorded(output: Path, key: str) -> str | None:

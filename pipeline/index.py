@@ -1,13 +1,13 @@
 """Stage `index`: Lucene indexes through Anserini (Pyserini's jar).
 
-- impact: the `docs/` folder of `encode` (JsonVectorCollection), indexed `-impact -pretokenized`;
-- BM25: a corpus's text ({"id", "contents"} JsonCollection), indexed as Pyserini's BEIR "flat" indexes.
-  Lucene cannot index a blank text and BM25 could never retrieve it: blank documents are left out,
-  counted and reported (as in Pyserini's indexes, so that BM25's document count and IDF match theirs).
-
-Anserini's IndexCollection indexes each file of a collection on one thread: a collection of fewer
-files than threads is split at line boundaries into a temporary folder beside the index (a copy of
-the collection) so that every thread has a part to index.
+- impact: the `docs/` folder of `encode` (JsonVectorCollection), as Anserini's `-impact -pretokenized`
+  index, written with impacts as term frequencies (`pipeline.impact_index`);
+- BM25: a corpus's text ({"id", "contents"} JsonCollection), indexed by Anserini's IndexCollection as
+  Pyserini's BEIR "flat" indexes. Lucene cannot index a blank text and BM25 could never retrieve it:
+  blank documents are left out, counted and reported (as in Pyserini's indexes, so that BM25's
+  document count and IDF match theirs). IndexCollection indexes each file on one thread: a collection
+  of fewer files than threads is split at line boundaries into a temporary folder beside the index
+  (a copy of the collection) so that every thread has a part to index.
 
 The stats file beside the index (`<index>.json`) is written last and names the corpus (which search
 checks); the stage fails if Lucene holds a different number of documents than the collection
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
 from pipeline.files import ShardWriter, atomic_path, write_json
+from pipeline.impact_index import write_impact_index
 
 
 log = logging.getLogger(__name__)
@@ -88,23 +89,25 @@ def index(out: Path, *, vectors: Path | None = None, corpus: str | None = None, 
         raise ValueError("index takes either vectors (an impact index) or corpus (a BM25 index)")
     started, blank = time.perf_counter(), 0
     with atomic_path(out, directory=True) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
+        indexing = time.perf_counter()
         if vectors is not None:
-            expected, written = data.check_vectors(vectors), vectors  # Anserini would skip a bad record silently
-            kind, impact, source, corpus_name = "JsonVectorCollection", True, str(vectors), data.recorded(vectors, "corpus")
+            impact, source, corpus_name = True, str(vectors), data.recorded(vectors, "corpus")
+            expected, processes = write_impact_index(vectors, staging, threads=threads)
+            spread = {"processes": processes}
         else:
             written, documents = Path(work) / "text", data.load_corpus(corpus)
             expected, blank = _write_text_collection(documents, written)
-            kind, impact, source, corpus_name = "JsonCollection", False, corpus, documents.name
-        collection = split_for_threads(written, threads, Path(work) / "parts")
-        parts = len(list(collection.glob("*.jsonl")))
-        indexing = time.perf_counter()
-        lucene.build_index(collection, staging, kind, impact=impact, threads=threads)
+            impact, source, corpus_name = False, corpus, documents.name
+            collection = split_for_threads(written, threads, Path(work) / "parts")
+            spread = {"parts": len(list(collection.glob("*.jsonl")))}
+            indexing = time.perf_counter()
+            lucene.build_index(collection, staging, "JsonCollection", impact=False, threads=threads)
         indexing = time.perf_counter() - indexing
         indexed = lucene.count_documents(staging)
         if indexed != expected:
             raise IndexCountError(f"{source}: {expected} documents in the collection but {indexed} in the index")
     stats = {"index": str(out), "source": source, "corpus": corpus_name, "kind": "impact" if impact else "bm25",
-             "documents": indexed, "blank_documents_left_out": blank, "threads": threads, "parts": parts,
+             "documents": indexed, "blank_documents_left_out": blank, "threads": threads, **spread,
              "indexing_seconds": indexing, "seconds": time.perf_counter() - started}
     if blank:
         log.warning("%s: %d blank documents left out of the BM25 index", source, blank)

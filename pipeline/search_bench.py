@@ -1,8 +1,9 @@
 """Benchmark `search-bench`: our search and indexing against Pyserini's own CLI, on a corpus replicated
 to a size where search time shows (SciFact x 20: 103,660 documents with its 300 queries).
 
-- indexing: one part file indexed on 1 thread, on `threads` threads as Anserini alone does it (one
-  thread per file, so one), and on `threads` threads once the index stage has split the part;
+- indexing: one part file indexed by the index stage on 1 and on `threads` threads, and by Anserini's
+  IndexCollection as Pyserini builds SPLADE indexes (each impact as that many repeated terms), on
+  `threads` threads once the part is split for them;
 - search, same index, k, threads and queries: `python -m pipeline search` against
   `python -m pyserini.search.lucene --impact` fed the same pre-encoded queries (Anserini's TSV of
   repeated terms, which Pyserini's default impact query encoder counts), both started as processes.
@@ -26,7 +27,7 @@ from pathlib import Path
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
 from pipeline.files import read_jsonl, write_json
-from pipeline.index import index
+from pipeline.index import index, split_for_threads
 from pipeline.search import search
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,17 @@ def _first_line(path: Path, out: Path) -> Path:
 
 
 def indexing_seconds(corpus: Path, work: Path, threads: int) -> dict[str, float]:
-    """Index `corpus` (one part file) on 1 thread, on `threads` as Anserini alone does it, and through
-    the index stage, which splits the part for `threads`; the last index is `work/index`."""
-    seconds = {"1 part, 1 thread": index(work / "index-1", vectors=corpus, threads=1)["indexing_seconds"]}
-    started = time.perf_counter()
-    lucene.build_index(corpus, work / "index-unsplit", "JsonVectorCollection", impact=True, threads=threads)
-    seconds[f"1 part, {threads} threads, not split (Anserini alone)"] = time.perf_counter() - started
+    """Index the folder `corpus` (one part file) with the index stage on 1 and on `threads` threads
+    (impacts as term frequencies), and with Anserini's IndexCollection as Pyserini builds SPLADE
+    indexes (impacts as repeated terms) on `threads` threads, the part split for them; the index
+    stage's index on `threads` threads is `work/index`."""
+    seconds = {"ours, 1 thread": index(work / "index-1", vectors=corpus, threads=1)["indexing_seconds"]}
     stats = index(work / "index", vectors=corpus, threads=threads)
-    seconds[f"1 part split in {stats['parts']}, {threads} threads"] = stats["indexing_seconds"]
+    seconds[f"ours, {threads} threads ({stats['processes']} processes)"] = stats["indexing_seconds"]
+    started = time.perf_counter()
+    lucene.build_index(split_for_threads(corpus, threads, work / "split"), work / "index-anserini",
+                       "JsonVectorCollection", impact=True, threads=threads)
+    seconds[f"Anserini IndexCollection, {threads} threads"] = time.perf_counter() - started
     return seconds
 
 

@@ -250,6 +250,8 @@ CASES: dict[str, Callable[[Path], Case]] = {
                                                    r"part-00000.jsonl:2: weight of term 'tea' must be a positive integer"),
     "vectors-term-with-space": lambda t: index_vectors(t, lines(vector("d1", **{"green tea": 3})),
                                                       r"part-00000.jsonl:1: term 'green tea' is empty or holds whitespace"),
+    "vectors-term-with-the-impact-delimiter": lambda t: index_vectors(t, lines(vector("d1", **{"tea": 2, "a\x01b": 3})),
+                                                                     r"part-00000.jsonl:1: term 'a\\x01b' is empty or holds whitespace or \\x01"),
     "vectors-empty-vector": lambda t: index_vectors(t, lines(vector(), {"id": "d2", "vector": {}}),
                                                    r"part-00000.jsonl:2: expected a non-empty JSON object 'vector'"),
     "vectors-truncated-line": lambda t: index_vectors(t, lines(vector()) + b'{"id": "d2", "vec',

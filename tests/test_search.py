@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pipeline import lucene
+from pipeline.impact_index import write_impact_index
 from pipeline.index import index, split_for_threads
 from pipeline.search import search, trec_order
 
@@ -120,15 +121,23 @@ def test_split_for_threads_keeps_every_line_once_in_order(vectors, tmp_path):
     assert split_for_threads(vectors / "docs", 1, tmp_path / "unused") == vectors / "docs"
 
 
-def test_impact_index_is_the_same_whatever_the_threads(impact_index, vectors, beir_folder, tmp_path):
-    one_thread, one_stats = impact_index
-    three = index(tmp_path / "three", vectors=vectors / "docs", threads=3)
-    assert (one_stats["parts"], three["parts"]) == (1, 3)
-    assert one_stats["documents"] == three["documents"] == len(VECTORS)
-    for threads, out in ((1, one_thread), (3, tmp_path / "three")):
-        search(out, tmp_path / f"{threads}.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=10,
-               threads=threads, tag="impact")
-    assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()
+def test_impact_index_is_the_same_whatever_the_processes(impact_index, vectors, beir_folder, tmp_path):
+    one_process, one_stats = impact_index
+    assert one_stats["processes"] == 1 and one_stats["documents"] == len(VECTORS)
+    assert write_impact_index(vectors / "docs", tmp_path / "three", threads=3, docs_per_process=1) == (len(VECTORS), 3)
+    for name, out in (("one", one_process), ("three", tmp_path / "three")):
+        search(out, tmp_path / f"{name}.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=10, tag="impact")
+    assert (tmp_path / "one.trec").read_text() == (tmp_path / "three.trec").read_text()
+
+
+def test_impact_index_searches_as_anserinis_own(impact_index, vectors, beir_folder, tmp_path):
+    """Impacts as term frequencies give the runs of Anserini's IndexCollection, which repeats each term
+    as often as its impact (as Pyserini builds SPLADE indexes)."""
+    ours, _ = impact_index
+    lucene.build_index(vectors / "docs", tmp_path / "anserini", "JsonVectorCollection", impact=True, threads=1)
+    for name, out in (("ours", ours), ("anserini", tmp_path / "anserini")):
+        search(out, tmp_path / f"{name}.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=10, tag="impact")
+    assert (tmp_path / "ours.trec").read_text() == (tmp_path / "anserini.trec").read_text()
 
 
 def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):

@@ -24,6 +24,7 @@ def test_search_bench_compares_ours_with_pyserini_and_anserini_alone(beir_folder
     for contender in ("ours_cli", "pyserini_cli", "anserini_java"):
         assert results[contender]["seconds"] > 0 and results[contender]["one_query_seconds"] > 0
         assert results[contender]["queries_per_second"] > 0
+    assert len(results["indexing_seconds"]) == 3 and all(seconds > 0 for seconds in results["indexing_seconds"].values())
     assert results["speedup_queries_per_second"] > 0 and results["fraction_of_anserini_java_queries_per_second"] > 0
     hits = (tmp_path / "work" / "ours_cli.trec").read_text().split()
     assert "d7#0" in hits and "d7#1" in hits  # both copies of the best document for q2

@@ -1,0 +1,57 @@
+"""A Lucene impact index of JsonVectorCollection files, written with each term's impact as its term
+frequency (`lucene.ImpactIndexWriter`) instead of the term repeated that many times, as Anserini's
+IndexCollection does: the same index for search (the same runs), and one token per posting, not
+~70 (SciFact's SPLADE vectors).
+
+Python feeds Lucene one document at a time and holds a core doing it, so a large collection is shared
+out to up to `threads` processes by record ranges (whatever its number of files), each writing an
+index of its own; those are then added to the output whole (segments copied, not re-inverted).
+Every record is checked as it is read (`data.checked_vectors`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline import data, lucene
+from pipeline.files import count_lines
+
+# A process costs about a second to start (Python, the JVM): below this many documents each, fewer.
+DOCS_PER_PROCESS = 20_000
+
+
+def _write(files: list[Path], folder: Path, start: int = 0, stop: int | None = None, progress: bool = False) -> int:
+    """Records `start` to `stop` of `files` into a new index at `folder`; their count."""
+    count = 0
+    with lucene.ImpactIndexWriter(folder) as writer, tqdm(desc="impact index", unit="docs", total=stop,
+                                                          disable=not progress) as bar:
+        for _, doc_id, vector in data.checked_vectors(files, start, stop):
+            writer.add(doc_id, vector)
+            count += 1
+            bar.update()
+    return count
+
+
+def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_process: int = DOCS_PER_PROCESS) -> tuple[int, int]:
+    """The index of the `*.jsonl` files of the folder (or the file) `vectors`, at `out`; returns
+    (documents, processes that wrote it)."""
+    files = sorted(vectors.glob("*.jsonl")) if vectors.is_dir() else [vectors]
+    if not files:
+        raise data.DataError(f"{vectors}: no *.jsonl files")
+    total = count_lines(files)
+    processes = max(1, min(threads, total // docs_per_process))
+    if processes == 1:
+        return _write(files, out, 0, total, progress=True), 1
+    bounds = [total * process // processes for process in range(processes + 1)]
+    with tempfile.TemporaryDirectory(prefix=".impact-", dir=out.parent) as work, ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn")) as pool:  # a JVM does not survive fork
+        folders = [Path(work) / f"range-{process}" for process in range(processes)]
+        counts = list(pool.map(_write, [files] * processes, folders, bounds[:-1], bounds[1:]))
+        with lucene.ImpactIndexWriter(out) as writer:
+            writer.add_indexes(folders)
+    return sum(counts), processes
