@@ -25,11 +25,12 @@ from pipeline.files import count_lines
 DOCS_PER_PROCESS = 20_000
 
 
-def _write(files: list[Path], folder: Path, start: int = 0, stop: int | None = None, progress: bool = False) -> int:
-    """Records `start` to `stop` of `files` into a new index at `folder`; their count."""
-    count = 0
-    with lucene.ImpactIndexWriter(folder) as writer, tqdm(desc="impact index", unit="docs", total=stop,
-                                                          disable=not progress) as bar:
+def _write(files: list[Path], folder: Path, start: int, stop: int, process: int = 0, processes: int = 1) -> int:
+    """Records `start` to `stop` of `files` into a new index at `folder`; their count. Each process
+    shows its progress on a line of its own."""
+    count, label = 0, f"impact index {process + 1}/{processes}" if processes > 1 else "impact index"
+    with lucene.ImpactIndexWriter(folder) as writer, tqdm(desc=label, unit="docs", total=stop - start,
+                                                          position=process) as bar:
         for _, doc_id, vector in data.checked_vectors(files, start, stop):
             writer.add(doc_id, vector)
             count += 1
@@ -46,12 +47,13 @@ def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_proce
     total = count_lines(files)
     processes = max(1, min(threads, total // docs_per_process))
     if processes == 1:
-        return _write(files, out, 0, total, progress=True), 1
+        return _write(files, out, 0, total), 1
     bounds = [total * process // processes for process in range(processes + 1)]
     with tempfile.TemporaryDirectory(prefix=".impact-", dir=out.parent) as work, ProcessPoolExecutor(
             processes, mp_context=multiprocessing.get_context("spawn")) as pool:  # a JVM does not survive fork
         folders = [Path(work) / f"range-{process}" for process in range(processes)]
-        counts = list(pool.map(_write, [files] * processes, folders, bounds[:-1], bounds[1:]))
+        counts = list(pool.map(_write, [files] * processes, folders, bounds[:-1], bounds[1:], range(processes),
+                               [processes] * processes))
         with lucene.ImpactIndexWriter(out) as writer:
             writer.add_indexes(folders)
     return sum(counts), processes
