@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from tqdm import tqdm
 
 from pipeline import data
 from pipeline.background import Sink, prefetch
 from pipeline.errors import OutputError, PipelineError
 from pipeline.files import STORAGE_ERRORS, atomic_path, json_line, write_json
 from pipeline.parts import PartStore, Plan
+from pipeline.progress import Progress
 from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
 from pipeline.splade.screened_projection import SparseWeights
@@ -170,7 +170,7 @@ def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write,
         counts.texts += len(batch)
         progress.update(len(batch))
 
-    with tqdm(total=total, desc=f"encode {what}", unit=what) as progress, Sink(emit) as sink:
+    with Progress(total=total, desc=f"encode {what}", unit=what) as progress, Sink(emit) as sink:
         for batch, filled, tokens, truncated in prefetch(_tokenized(encoder, _batches(texts, batch_size), max_length)):
             entries = None if tokens is None else quantized_entries(encoder.sparse_weights(tokens), scale)
             counts.truncated += truncated

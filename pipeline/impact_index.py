@@ -16,10 +16,9 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import data, lucene
 from pipeline.files import count_lines
+from pipeline.progress import Progress
 
 # A process costs about a second to start (Python, the JVM): below this many documents each, fewer.
 DOCS_PER_PROCESS = 20_000
@@ -29,7 +28,7 @@ def _write(files: list[Path], folder: Path, start: int, stop: int, process: int 
     """Records `start` to `stop` of `files` into a new index at `folder`; their count. Each process
     shows its progress on a line of its own."""
     count, label = 0, f"impact index {process + 1}/{processes}" if processes > 1 else "impact index"
-    with lucene.ImpactIndexWriter(folder) as writer, tqdm(desc=label, unit="docs", total=stop - start,
+    with lucene.ImpactIndexWriter(folder) as writer, Progress(desc=label, unit="docs", total=stop - start,
                                                           position=process) as bar:
         for _, doc_id, vector in data.checked_vectors(files, start, stop):
             writer.add(doc_id, vector)

@@ -23,12 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
 from pipeline.files import ShardWriter, atomic_path, write_json
 from pipeline.impact_index import write_impact_index
+from pipeline.progress import Progress
 
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ def _write_text_collection(corpus: data.Corpus, folder: Path) -> tuple[int, int]
     """Write the {"id", "contents"} collection; return (written, blank documents left out)."""
     shards, blank = ShardWriter(folder, shard_size=500_000), 0
     try:
-        for doc in tqdm(corpus.docs(), total=corpus.docs_count(), desc="collection", unit="docs"):
+        for doc in Progress(corpus.docs(), total=corpus.docs_count(), desc="collection", unit="docs"):
             if doc.text.strip():
                 shards.write({"id": doc.id, "contents": doc.text})
             else:

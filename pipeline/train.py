@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, write_json
+from pipeline.progress import Progress
 from pipeline.ranks import join
 from pipeline.splade.model import SpladeEncoder
 from pipeline.splade.rescale import prepare_head
@@ -214,7 +214,7 @@ def train(config: TrainConfig, *, resume: bool = False, examples: list | None = 
     collapse_grace = max(5, config.steps // 10)
     strikes, last_good, history = 0, checkpoint, []
     started = time.perf_counter()
-    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=rank != 0)
+    progress = Progress(range(start, config.steps), initial=start, total=config.steps, desc="train", disable=rank != 0)
     for step in progress:
         optimizer.zero_grad(set_to_none=True)
         record = {"step": step + 1, "loss": 0.0, "rank_loss": 0.0, "flops_q": 0.0, "flops_d": 0.0,
