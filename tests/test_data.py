@@ -75,3 +75,19 @@ def test_malformed_qrels_line_is_named(tmp_path):
 def test_empty_document_is_kept_with_empty_text(beir_folder):
     docs = {doc.id: doc.text for doc in data.load(str(beir_folder)).docs()}
     assert docs["d09"] == "" and docs["d01"].startswith("Coffee Caffeine")
+
+
+@pytest.mark.parametrize("line", ['{"a": 1, "a": 2}', '{"t": NaN, "u": -Infinity}', '{"t": "\\ud800 lone"}',
+                                  '{"x": [1.5, "caf\\u00e9", null, true], "y": {"z": -0.0}}'])
+def test_json_records_read_as_the_standard_library_reads_them(line):
+    """orjson reads records, and the standard library what orjson refuses: the same values either way."""
+    from pipeline.files import json_object
+
+    assert repr(json_object("f:1", line)) == repr(json.loads(line))
+
+
+def test_malformed_json_record_is_explained_by_the_standard_library():
+    from pipeline.files import json_object
+
+    with pytest.raises(DataError, match=r"^f:3: malformed JSON \(Expecting ',' delimiter at column 9\)$"):
+        json_object("f:3", '{"a": 1 "b": 2}')
