@@ -112,6 +112,12 @@ def text_lines(path: Path) -> Iterator[tuple[str, str]]:
         yield where, line.rstrip("\r\n")
 
 
+def count_newlines(path: Path) -> int:
+    """Line breaks in a file, counted in its bytes (nothing decoded): fast, for a part's size, not records."""
+    with open(path, "rb") as stream:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 24), b""))
+
+
 def count_lines(paths: Sequence[Path]) -> int:
     """Non-blank lines of `paths`, as `record_lines` counts records (not parsed: vectors lines are long)."""
     return sum(1 for path in paths for _, line in text_lines(path) if line.strip())

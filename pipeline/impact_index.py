@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pipeline import data, lucene
-from pipeline.files import count_lines
+from pipeline.files import count_newlines
 from pipeline.progress import Progress
 
 # A process costs about a second to start (Python, the JVM): below this many documents each, fewer.
@@ -25,12 +25,13 @@ DOCS_PER_PROCESS = 20_000
 
 
 def _write(files: list[Path], folder: Path, start: int, stop: int, process: int = 0, processes: int = 1) -> int:
-    """Records `start` to `stop` of `files` into a new index at `folder`; their count. Each process
-    shows its progress on a line of its own."""
+    """Records `start` to `stop` of `files` into a new index at `folder` (the last process to the end,
+    whatever `stop`); their count. Each process shows its progress on a line of its own."""
     count, label = 0, f"impact index {process + 1}/{processes}" if processes > 1 else "impact index"
+    last = process == processes - 1
     with lucene.ImpactIndexWriter(folder) as writer, Progress(desc=label, unit="docs", total=stop - start,
                                                           position=process) as bar:
-        for _, doc_id, vector in data.checked_vectors(files, start, stop):
+        for _, doc_id, vector in data.checked_vectors(files, start, None if last else stop):
             writer.add(doc_id, vector)
             count += 1
             bar.update()
@@ -43,7 +44,9 @@ def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_proce
     files = sorted(vectors.glob("*.jsonl")) if vectors.is_dir() else [vectors]
     if not files:
         raise data.DataError(f"{vectors}: no *.jsonl files")
-    total = count_lines(files)
+    # Ranges by line breaks, not decoded records (a pass over the bytes alone): a blank line or a last
+    # line without a break makes a range a record longer or shorter, and the last range reads to the end.
+    total = sum(count_newlines(file) for file in files)
     processes = max(1, min(threads, total // docs_per_process))
     if processes == 1:
         return _write(files, out, 0, total), 1

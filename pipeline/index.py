@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
-from pipeline.files import ShardWriter, atomic_path, write_json
+from pipeline.files import ShardWriter, atomic_path, count_newlines, write_json
 from pipeline.impact_index import write_impact_index
 from pipeline.progress import Progress
 
@@ -51,14 +51,9 @@ def _write_text_collection(corpus: data.Corpus, folder: Path) -> tuple[int, int]
     return shards.written, blank
 
 
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as stream:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: stream.read(1 << 24), b""))
-
-
 def _split_lines(part: Path, pieces: int, folder: Path) -> None:
     """`part` cut into `pieces` files of consecutive whole lines, as many lines in each (the last one less)."""
-    per_piece = max(1, math.ceil(_count_lines(part) / pieces))
+    per_piece = max(1, math.ceil(count_newlines(part) / pieces))
     with open(part, "rb") as lines:
         for piece in itertools.count():
             target = folder / f"{part.stem}-{piece:03d}.jsonl"

@@ -130,6 +130,17 @@ def test_impact_index_is_the_same_whatever_the_processes(impact_index, vectors, 
     assert (tmp_path / "one.trec").read_text() == (tmp_path / "three.trec").read_text()
 
 
+def test_impact_index_ranges_cover_every_record_once(tmp_path):
+    """Processes share records out by line breaks: blank lines and a last line without a break move the
+    ranges, never a record out of them or into two."""
+    lines = [json.dumps({"id": docid, "contents": "", "vector": vector}) for docid, vector in VECTORS.items()]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.jsonl").write_text("\n\n" + "\n\n".join(lines[:4]) + "\n")
+    (tmp_path / "docs" / "b.jsonl").write_text("\n".join(lines[4:]))  # no break after the last record
+    assert write_impact_index(tmp_path / "docs", tmp_path / "index", threads=4, docs_per_process=1) == (len(VECTORS), 4)
+    assert lucene.count_documents(tmp_path / "index") == len(VECTORS)
+
+
 def test_impact_index_searches_as_anserinis_own(impact_index, vectors, beir_folder, tmp_path):
     """Impacts as term frequencies give the runs of Anserini's IndexCollection, which repeats each term
     as often as its impact (as Pyserini builds SPLADE indexes)."""
