@@ -7,6 +7,9 @@ Python feeds Lucene one document at a time and holds a core doing it, so a large
 out to up to `threads` processes by record ranges (whatever its number of files), each writing an
 index of its own; those are then added to the output whole (segments copied, not re-inverted).
 Every record is checked as it is read (`data.checked_vectors`).
+
+The index ends as one segment sorted by id, so that Lucene's own tie-break (lower docid first) is
+Anserini's (lower id first), and `impact_search` can search it with Lucene's pruning.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from pipeline.progress import Progress
 
 # A process costs about a second to start (Python, the JVM): below this many documents each, fewer.
 DOCS_PER_PROCESS = 20_000
+# The index's ids, one per line in docid order (`impact_search` reads hits' ids from it).
+DOCIDS = "docids.txt"
 
 
 def _write(files: list[Path], folder: Path, start: int, stop: int, process: int = 0, processes: int = 1) -> int:
     """Records `start` to `stop` of `files` into a new index at `folder` (the last process to the end,
-    whatever `stop`); their count. Each process shows its progress on a line of its own."""
+    whatever `stop`); their count. Each process shows its progress on a line of its own. A process
+    alone writes the whole index, merged into one segment."""
     count, label = 0, f"impact index {process + 1}/{processes}" if processes > 1 else "impact index"
     last = process == processes - 1
     with lucene.ImpactIndexWriter(folder) as writer, Progress(desc=label, unit="docs", total=stop - start,
@@ -35,12 +41,14 @@ def _write(files: list[Path], folder: Path, start: int, stop: int, process: int 
             writer.add(doc_id, vector)
             count += 1
             bar.update()
+        if processes == 1:
+            writer.merge_segments()
     return count
 
 
 def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_process: int = DOCS_PER_PROCESS) -> tuple[int, int]:
-    """The index of the `*.jsonl` files of the folder (or the file) `vectors`, at `out`; returns
-    (documents, processes that wrote it)."""
+    """The index of the `*.jsonl` files of the folder (or the file) `vectors`, at `out`, in one segment
+    sorted by id, with its docid table (`DOCIDS`); returns (documents, processes that wrote it)."""
     files = sorted(vectors.glob("*.jsonl")) if vectors.is_dir() else [vectors]
     if not files:
         raise data.DataError(f"{vectors}: no *.jsonl files")
@@ -49,13 +57,16 @@ def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_proce
     total = sum(count_newlines(file) for file in files)
     processes = max(1, min(threads, total // docs_per_process))
     if processes == 1:
-        return _write(files, out, 0, total), 1
-    bounds = [total * process // processes for process in range(processes + 1)]
-    with tempfile.TemporaryDirectory(prefix=".impact-", dir=out.parent) as work, ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("spawn")) as pool:  # a JVM does not survive fork
-        folders = [Path(work) / f"range-{process}" for process in range(processes)]
-        counts = list(pool.map(_write, [files] * processes, folders, bounds[:-1], bounds[1:], range(processes),
-                               [processes] * processes))
-        with lucene.ImpactIndexWriter(out) as writer:
-            writer.add_indexes(folders)
-    return sum(counts), processes
+        count = _write(files, out, 0, total)
+    else:
+        bounds = [total * process // processes for process in range(processes + 1)]
+        with tempfile.TemporaryDirectory(prefix=".impact-", dir=out.parent) as work, ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn")) as pool:  # a JVM does not survive fork
+            folders = [Path(work) / f"range-{process}" for process in range(processes)]
+            count = sum(pool.map(_write, [files] * processes, folders, bounds[:-1], bounds[1:], range(processes),
+                                 [processes] * processes))
+            with lucene.ImpactIndexWriter(out) as writer:
+                writer.add_indexes(folders)
+                writer.merge_segments()
+    lucene.write_docids(out, out / DOCIDS)
+    return count, processes

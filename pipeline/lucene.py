@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import operator
 import os
 import re
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import numpy
+import orjson
 
 from pipeline.errors import PipelineError
 
@@ -116,6 +120,7 @@ def build_index(collection_dir: Path, index_dir: Path, collection: str, *, impac
 # Separates a term from its impact in the text of an impact field: a control character, which no
 # vocabulary term holds (a term holding it is refused).
 IMPACT_DELIMITER = "\x01"
+ID_ORDER_FIELD = "id_order"
 _CHARSEQUENCE_FIELD = "(Ljava/lang/String;Ljava/lang/CharSequence;Lorg/apache/lucene/index/IndexableFieldType;)V"
 
 
@@ -131,6 +136,7 @@ def _index_writer_class():
         __javaconstructor__ = [("(Lorg/apache/lucene/store/Directory;Lorg/apache/lucene/index/IndexWriterConfig;)V", False)]
         addDocument = JavaMethod("(Ljava/lang/Iterable;)J")
         addIndexes = JavaMethod("([Lorg/apache/lucene/store/Directory;)J")
+        forceMerge = JavaMethod("(I)V")
         commit = JavaMethod("()J")
         close = JavaMethod("()V")
         rollback = JavaMethod("()V")
@@ -166,6 +172,10 @@ class ImpactIndexWriter:
         config.setOpenMode(autoclass("org.apache.lucene.index.IndexWriterConfig$OpenMode").CREATE)
         config.setRAMBufferSizeMB(self.buffer_mb)
         config.setUseCompoundFile(False)
+        # Documents in id order: Lucene's own tie-break (lower docid first) is then Anserini's (lower id
+        # first). Lucene sorts by SORTED doc values, Anserini reads the id's BINARY ones: a field of each.
+        config.setIndexSort(autoclass("org.apache.lucene.search.Sort")(autoclass("org.apache.lucene.search.SortField")(
+            ID_ORDER_FIELD, autoclass("org.apache.lucene.search.SortField$Type").STRING)))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.writer = _index_writer_class()(_directory(self.folder), config)
         # One document whose fields are refilled for each: Lucene's way to index without garbage.
@@ -176,23 +186,29 @@ class ImpactIndexWriter:
         self.id = autoclass("org.apache.lucene.document.StringField")(
             "id", "", autoclass("org.apache.lucene.document.Field$Store").YES)
         self.id_value = autoclass("org.apache.lucene.document.BinaryDocValuesField")("id", self._bytes(b""))
+        self.id_order = autoclass("org.apache.lucene.document.SortedDocValuesField")(ID_ORDER_FIELD, self._bytes(b""))
         self.contents = autoclass("org.apache.lucene.document.Field")("contents", "", contents_type,
                                                                       signature=_CHARSEQUENCE_FIELD)
         self.document = autoclass("org.apache.lucene.document.Document")()
-        for field in (self.id, self.id_value, self.contents):
+        for field in (self.id, self.id_value, self.id_order, self.contents):
             self.document.add(field)
         return self
 
     def add(self, doc_id: str, vector: Mapping[str, int]) -> None:
         """A document of positive integer impacts (checked by the caller: `data.checked_vectors`)."""
         self.id.setStringValue(doc_id)
-        self.id_value.setBytesValue(self._bytes(doc_id.encode()))
+        self.id_value.setBytesValue(id_bytes := self._bytes(doc_id.encode()))
+        self.id_order.setBytesValue(id_bytes)
         self.contents.setStringValue(" ".join([f"{term}{IMPACT_DELIMITER}{weight}" for term, weight in vector.items()]))
         self.writer.addDocument(self.document)
 
     def add_indexes(self, folders: Iterable[Path]) -> None:
         """The documents of other indexes written by this class (their segments copied, not re-inverted)."""
         self.writer.addIndexes([_directory(folder) for folder in folders])
+
+    def merge_segments(self) -> None:
+        """One segment: the documents in id order across the whole index (each segment is sorted alone)."""
+        self.writer.forceMerge(1)
 
     def __exit__(self, kind, error, traceback) -> None:
         if kind is None:
@@ -202,9 +218,82 @@ class ImpactIndexWriter:
             self.writer.rollback()
 
 
+def _open_reader(index_dir: Path):
+    return start_jvm()("org.apache.lucene.index.DirectoryReader").open(_directory(index_dir))
+
+
+def write_docids(index_dir: Path, path: Path) -> None:
+    """The ids of an index of one segment sorted by id (`ImpactIndexWriter` after `merge_segments`),
+    one per line in docid order: its id terms, which sort as the documents do."""
+    reader = _open_reader(index_dir)
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            if reader.leaves().size():  # an index of no document has no segment
+                terms = reader.leaves().get(0).reader().terms("id").iterator()
+                while (term := terms.next()) is not None:
+                    out.write(term.utf8ToString() + "\n")
+    finally:
+        reader.close()
+
+
+@functools.cache
+def _json_mapper_class():
+    """Jackson's ObjectMapper (inside Anserini's jar) with the overloads used here picked out."""
+    start_jvm()
+    from jnius import JavaClass, JavaMethod, MetaJavaClass
+
+    class ObjectMapper(JavaClass, metaclass=MetaJavaClass):
+        __javaclass__ = "com/fasterxml/jackson/databind/ObjectMapper"
+        writeValueAsString = JavaMethod("(Ljava/lang/Object;)Ljava/lang/String;")
+        readerFor = JavaMethod("(Lcom/fasterxml/jackson/databind/JavaType;)Lcom/fasterxml/jackson/databind/ObjectReader;")
+        getTypeFactory = JavaMethod("()Lcom/fasterxml/jackson/databind/type/TypeFactory;")
+
+    return ObjectMapper
+
+
+class ImpactSearcher:
+    """Lucene's own top-k search of an impact index, a query per call, on as many threads as call it
+    (pyjnius lets go of the GIL while Java runs).
+
+    The query is Anserini's for `-impact -pretokenized`: a clause per term, boosted by its weight, scored
+    by ImpactSimilarity. The k hits are Lucene's (higher score first, then lower docid), with the
+    block-max pruning that Anserini's sort by score then id turns off; on an index sorted by id
+    (`sorted_by_id`) they are Anserini's hits. Weights and hits cross between Python and Java as one
+    JSON string each way per query (Jackson, inside Anserini's jar), not through pyjnius object by object."""
+
+    def __init__(self, index_dir: Path):
+        autoclass = start_jvm()
+        self.reader = _open_reader(index_dir)
+        self.searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
+            self.reader, signature="(Lorg/apache/lucene/index/IndexReader;)V")
+        self.searcher.setSimilarity(autoclass("io.anserini.search.similarity.ImpactSimilarity")())
+        self.queries = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self.json = _json_mapper_class()()
+        self.weights = self.json.readerFor(self.json.getTypeFactory().constructMapType(
+            autoclass("java.util.HashMap"), autoclass("java.lang.String"), autoclass("java.lang.Float")))
+
+    def sorted_by_id(self) -> bool:
+        """One segment whose documents are in id order (as `ImpactIndexWriter` leaves an index)."""
+        leaves = self.reader.leaves()
+        if leaves.size() != 1:
+            return False
+        sort = leaves.get(0).reader().getMetaData().getSort()
+        return sort is not None and sort.toString() == f'<string: "{ID_ORDER_FIELD}">'
+
+    def top_hits(self, weights: Mapping[str, int], k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """Lucene docids (int64) and scores (float32) of the `k` best hits of the query of positive
+        integer `weights`, best first."""
+        query = self.queries.buildQuery("contents", self.weights.readValue(orjson.dumps(weights).decode()))
+        hits = orjson.loads(self.json.writeValueAsString(self.searcher.search(query, k)))["scoreDocs"]
+        return (numpy.array(list(map(operator.itemgetter("doc"), hits)), dtype=numpy.int64),
+                numpy.array(list(map(operator.itemgetter("score"), hits)), dtype=numpy.float32))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 def count_documents(index_dir: Path) -> int:
-    autoclass = start_jvm()
-    reader = autoclass("io.anserini.index.IndexReaderUtils").getReader(str(index_dir))
+    reader = _open_reader(index_dir)
     try:
         return reader.numDocs()
     finally:
@@ -220,17 +309,26 @@ class SearchError(PipelineError, RuntimeError):
 
 def write_impact_topics(vectors: Mapping[str, Mapping[str, int]], path: Path) -> None:
     """Anserini's pre-encoded query format (`-topicReader TsvString -pretokenized`, as Anserini's and
-    Pyserini's cached SPLADE queries): `qid<TAB>terms`, each term repeated as often as its integer
-    weight, since the whitespace analyzer turns term counts into weights. A query without a positive
-    weight matches nothing and is left out (Anserini's TSV reader rejects an empty query)."""
+    Pyserini's cached SPLADE queries): `qid<TAB>terms` (`impact_query_terms`). A query without a
+    positive weight matches nothing and is left out (Anserini's TSV reader rejects an empty query)."""
     with open(path, "w", encoding="utf-8") as out:
         for qid, vector in vectors.items():
-            for term in vector:
-                if not term or any(char.isspace() for char in term):
-                    raise SearchError(f"query {qid}: term {term!r} is empty or holds whitespace")
-            terms = " ".join(" ".join([term] * int(weight)) for term, weight in vector.items() if weight > 0)
-            if terms:
+            if terms := impact_query_terms(qid, vector):
                 out.write(f"{_topic_id(qid)}\t{terms}\n")
+
+
+def impact_query_terms(qid: str, vector: Mapping[str, int]) -> str:
+    """A query vector as Anserini reads a pre-encoded one: each term repeated as often as its integer
+    weight (the whitespace analyzer turns counts into weights); empty without a positive weight."""
+    return " ".join(" ".join([term] * int(weight)) for term, weight in positive_weights(qid, vector).items())
+
+
+def positive_weights(qid: str, vector: Mapping[str, int]) -> dict[str, int]:
+    """The terms of a query vector that can match (positive weights), each checked to be one word."""
+    for term in vector:
+        if not term or any(char.isspace() for char in term):
+            raise SearchError(f"query {qid}: term {term!r} is empty or holds whitespace")
+    return {term: int(weight) for term, weight in vector.items() if weight > 0}
 
 
 def write_text_topics(queries: Mapping[str, str], path: Path) -> None:
@@ -290,8 +388,8 @@ def search_collection(
 
 def search_collection_command(index_dir: Path, topics: Path, run: Path, *, k: int, threads: int,
                               remove_query: bool, tag: str, heap: str = DEFAULT_HEAP) -> list[str]:
-    """The same impact search as `search_collection`, as a `java` command line with no Python in it:
-    Lucene's own speed, the bound for any caller."""
+    """The same impact search as `search_collection`, as a `java` command line: Anserini's own speed,
+    with no Python in the way."""
     java = find_java_home() / "bin" / "java"
     return [str(java), f"-Xmx{heap}", "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
             *_search_collection_options(index_dir, topics, run, impact=True, k=k, threads=threads,

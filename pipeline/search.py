@@ -1,7 +1,10 @@
 """Stage `search`: impact search with encoded queries, or BM25 with the query text -> a TREC run file.
 
-Anserini searches and writes the run in Java (`lucene.search_collection`); Python writes the topics,
-puts tied hits in trec_eval's order and measures single-thread latency.
+An impact index the index stage wrote (one segment sorted by id, with its docid table) is searched by
+Lucene's own top-k collector from Python threads (`impact_search`); any other index, and BM25, by
+Anserini's SearchCollection, which writes the run in Java (`lucene.search_collection`). Both write the
+same run: Anserini's hits and scores, tied hits in trec_eval's order. Single-thread latency is
+measured on a sample of queries after the run.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import numpy
 
-from pipeline import data, lucene
+from pipeline import data, impact_search, lucene
 from pipeline.files import atomic_path, jsonl_records
 
 log = logging.getLogger(__name__)
@@ -86,25 +89,16 @@ recorded as another dataset's, are refused.
     else:
         topics = query_set.queries()
     run.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{run.name}.", dir=run.parent) as work:
-        topics_file, anserini_run = Path(work) / "topics.tsv", Path(work) / "anserini.trec"
-        started = time.perf_counter()
-        if queries is not None:
-            lucene.write_impact_topics(topics, topics_file)
-        else:
-            lucene.write_text_topics(topics, topics_file)
-        lucene.search_collection(index, topics_file, anserini_run, impact=queries is not None, k=k, threads=threads,
-                                 remove_query=remove_query, tag=tag or run.stem, k1=k1, b=b)
+    if queries is not None and impact_search.searchable(index):
         with atomic_path(run) as staging:
-            reorder_ties(anserini_run, staging)
-        seconds = time.perf_counter() - started
-    sample = list(topics.values())[:latency_queries]
-    if not sample:
-        latencies = []
-    elif queries is not None:
-        latencies = lucene.impact_latencies(index, sample, k=k)
+            seconds, latencies = impact_search.search_impact(
+                index, topics, staging, k=k, threads=threads, remove_query=remove_query, tag=tag or run.stem,
+                latency_queries=latency_queries)
     else:
-        latencies = lucene.bm25_latencies(index, sample, k=k, k1=k1, b=b)
+        seconds = _search_collection(index, topics, run, impact=queries is not None, k=k, threads=threads,
+                                     remove_query=remove_query, tag=tag or run.stem, k1=k1, b=b)
+        latencies = _sample_latencies(index, list(topics.values()), impact=queries is not None, k=k, k1=k1, b=b,
+                                      count=latency_queries)
     p50, p99 = numpy.percentile(numpy.array(latencies) * 1000, [50, 99]) if latencies else (float("nan"),) * 2
     result = {"run": str(run), "queries": len(topics), "threads": threads, "remove_query": remove_query,
               "seconds": seconds, "queries_per_second": len(topics) / seconds,
@@ -113,3 +107,30 @@ recorded as another dataset's, are refused.
              result["queries"], seconds, result["queries_per_second"], threads, result["latency_p50_ms"],
              result["latency_p99_ms"])
     return result
+
+
+def _search_collection(index: Path, topics: dict, run: Path, *, impact: bool, k: int, threads: int,
+                       remove_query: bool, tag: str, k1: float, b: float) -> float:
+    """Anserini's SearchCollection writes the run (`lucene.search_collection`); its seconds."""
+    with tempfile.TemporaryDirectory(prefix=f".{run.name}.", dir=run.parent) as work:
+        topics_file, anserini_run = Path(work) / "topics.tsv", Path(work) / "anserini.trec"
+        started = time.perf_counter()
+        if impact:
+            lucene.write_impact_topics(topics, topics_file)
+        else:
+            lucene.write_text_topics(topics, topics_file)
+        lucene.search_collection(index, topics_file, anserini_run, impact=impact, k=k, threads=threads,
+                                 remove_query=remove_query, tag=tag, k1=k1, b=b)
+        with atomic_path(run) as staging:
+            reorder_ties(anserini_run, staging)
+        return time.perf_counter() - started
+
+
+def _sample_latencies(index: Path, queries: list, *, impact: bool, k: int, k1: float, b: float, count: int) -> list[float]:
+    """Single-thread seconds of each of the first `count` queries that can match (a vector with a
+    positive weight, a text)."""
+    if impact:
+        sample = [vector for vector in queries if any(weight > 0 for weight in vector.values())][:count]
+        return lucene.impact_latencies(index, sample, k=k) if sample else []
+    sample = [text for text in queries if text.strip()][:count]
+    return lucene.bm25_latencies(index, sample, k=k, k1=k1, b=b) if sample else []

@@ -10,8 +10,8 @@ to a size where search time shows (SciFact x 20: 103,660 documents with its 300 
   Queries/s are given end to end (process start to exit) and at the margin (the difference with a
   one-query run of the same command, so JVM start, imports and index opening cancel out). Rankings
   are compared as trec_eval reads them (the same hits with the same scores for every query);
-- the bound: the same search by Anserini's SearchCollection run with `java` alone (no Python), which
-  is Lucene's own speed on this index.
+- Anserini's own speed: the same search by Anserini's SearchCollection run with `java` alone (no
+  Python), as Anserini searches (hits sorted by score then id, ids read from stored fields).
 """
 
 from __future__ import annotations

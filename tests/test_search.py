@@ -3,25 +3,30 @@ JVM and Lucene, on hand-made impact vectors (with ties and a query that is also 
 the tiny BEIR folder."""
 
 import json
+import shutil
 
+import numpy
 import pytest
 
 from pipeline import lucene
-from pipeline.impact_index import write_impact_index
+from pipeline.impact_index import DOCIDS, write_impact_index
+from pipeline.impact_search import anserini_scores, run_lines
 from pipeline.index import index, split_for_threads
-from pipeline.search import search, trec_order
+from pipeline.search import reorder_ties, search, trec_order
 
 from conftest import DOCS, QUERIES, write_beir_folder
 
-# Scores are integer dot products: "q1" (a document too) scores 9000 for query q1, d7 8000, d1-d6 tie
-# at 5000; for q2, d7 and q1 tie at 9000, d1-d6 at 5000, d8 at 3000. Query q3 has no positive weight.
-# Scores this large show no trace of Anserini's 1e-6 nudge between tied ranks in a float.
+# Scores are integer dot products: "q1" (a document too) scores 9000 for query q1, d7 8000, d1-d6 and
+# d10 tie at 5000; for q2, d7 and q1 tie at 9000, d1-d6 and d10 at 5000, d8 at 3000. Query q3 has no
+# positive weight. Scores this large show no trace of Anserini's 1e-6 nudge between tied ranks in a
+# float. Ties are cut by id (d1, d10, d2, ...), not by the order of the file.
 VECTORS = {
     **{f"d{i}": {"alpha": 50} for i in range(1, 7)},
     "d7": {"alpha": 80, "beta": 10},
     "d8": {"beta": 30},
     "d9": {"[EMPTY-VECTOR]": 1},  # as encode writes a document without terms
     "q1": {"alpha": 90},
+    "d10": {"alpha": 50},
 }
 QUERY_VECTORS = {"q1": {"alpha": 100}, "q2": {"alpha": 100, "beta": 100}, "q3": {"alpha": 0}}
 
@@ -71,7 +76,7 @@ def test_java_run_is_the_exact_ranking_in_trec_eval_order(impact_index, vectors,
     for qid in run:
         assert run[qid] == expected_ranking(qid, 5, remove_query)
     # q1's own document is its best hit: removed from the 5 fetched, it leaves 4 (as Pyserini's 2CR runs).
-    assert [docid for docid, *_ in run["q1"]] == (["d7", "d3", "d2", "d1"] if remove_query else ["q1", "d7", "d3", "d2", "d1"])
+    assert [docid for docid, *_ in run["q1"]] == (["d7", "d2", "d10", "d1"] if remove_query else ["q1", "d7", "d2", "d10", "d1"])
     assert result["remove_query"] is remove_query and result["queries"] == 3
 
 
@@ -87,7 +92,7 @@ def test_search_reports_throughput_and_single_thread_latency(impact_index, vecto
     out, _ = impact_index
     result = search(out, tmp_path / "run.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=5, threads=2)
     assert result["threads"] == 2 and result["queries_per_second"] > 0
-    assert result["latency_queries"] == len(QUERY_VECTORS)
+    assert result["latency_queries"] == 2  # q3 has no positive weight: nothing to search
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
 
 
@@ -149,6 +154,63 @@ def test_impact_index_searches_as_anserinis_own(impact_index, vectors, beir_fold
     for name, out in (("ours", ours), ("anserini", tmp_path / "anserini")):
         search(out, tmp_path / f"{name}.trec", str(beir_folder), queries=vectors / "queries.jsonl", k=10, tag="impact")
     assert (tmp_path / "ours.trec").read_text() == (tmp_path / "anserini.trec").read_text()
+
+
+def test_impact_index_is_one_segment_in_id_order_with_its_docid_table(impact_index):
+    out, _ = impact_index
+    searcher = lucene.ImpactSearcher(out)
+    try:
+        assert searcher.sorted_by_id() and searcher.reader.leaves().size() == 1
+    finally:
+        searcher.close()
+    assert (out / DOCIDS).read_text().splitlines() == sorted(VECTORS)
+
+
+def test_a_docid_table_beside_an_index_not_in_id_order_is_refused(vectors, beir_folder, tmp_path):
+    lucene.build_index(vectors / "docs", tmp_path / "anserini", "JsonVectorCollection", impact=True, threads=1)
+    (tmp_path / "anserini" / DOCIDS).write_text("".join(f"{docid}\n" for docid in VECTORS))
+    with pytest.raises(lucene.SearchError, match="not one segment sorted by id"):
+        search(tmp_path / "anserini", tmp_path / "run.trec", str(beir_folder), queries=vectors / "queries.jsonl")
+    assert not (tmp_path / "run.trec").exists()
+
+
+def anserini_tie_adjuster(scores):
+    """ScoreTiesAdjusterReranker.rerank, statement by statement, in float32."""
+    scores = [numpy.float32(numpy.float64(numpy.floor(numpy.float64(score) * 1e4 + 0.5)) / 1e4) for score in scores]
+    rounded, dup = list(scores), 0
+    for i in range(len(scores)):
+        if i == 0 or scores[i - 1] - rounded[i] > numpy.float32(1e-4):
+            dup = 0
+        else:
+            dup += 1
+            scores[i] = numpy.float32(rounded[i] - numpy.float32(1e-6) * numpy.float32(dup))
+    return scores
+
+
+def test_scores_are_those_of_anserinis_tie_adjuster():
+    """Ties, near ties 1e-4 apart (where the lowered score above decides) and scores of every size."""
+    rng = numpy.random.default_rng(0)
+    rankings = [[5.0, 5.0, 5.0, 4.0], [1.0002, 1.0001, 1.0001, 1.0, 0.9999, 0.9999], [737235.0] * 20 + [1.5] * 3]
+    for _ in range(200):
+        steps = rng.choice([0.0, 1e-4, 1.0001e-4, 3e-4, 0.5], size=int(rng.integers(1, 60)))
+        rankings.append(list(rng.uniform(0, 50) - numpy.cumsum(steps)))
+    for scores in rankings:
+        scores = numpy.array(scores, dtype=numpy.float32)
+        assert anserini_scores(scores).tolist() == [float(score) for score in anserini_tie_adjuster(scores)]
+
+
+def test_run_lines_are_anserinis_in_trec_eval_order(tmp_path):
+    """SearchCollection's lines (`%s Q0 %s %d %f %s`, Java's %f of a float), then `reorder_ties`."""
+    docids = ["a", "b", "q", "c", "d", "e", "f"]
+    scores = anserini_scores(numpy.array([9.0, 7.0, 7.0, 7.0, 2.5, 2.5, 0.125], dtype=numpy.float32))
+    for remove_query in (False, True):
+        kept = [(docid, score) for docid, score in zip(docids, scores) if not (remove_query and docid == "q")]
+        anserini = tmp_path / "anserini.trec"
+        anserini.write_text("".join(f"q Q0 {docid} {rank} {score:f} my%tag\n"
+                                    for rank, (docid, score) in enumerate(kept, start=1)))
+        reorder_ties(anserini, tmp_path / "expected.trec")
+        lines = run_lines("q", [docid.encode() for docid in docids], scores, remove_query=remove_query, tag="my%tag")
+        assert lines == (tmp_path / "expected.trec").read_bytes()
 
 
 def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):
