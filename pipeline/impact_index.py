@@ -68,5 +68,6 @@ def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_proce
             with lucene.ImpactIndexWriter(out) as writer:
                 writer.add_indexes(folders)
                 writer.merge_segments()
-    lucene.write_docids(out, out / DOCIDS)
+    if (ids := lucene.write_docids(out, out / DOCIDS)) != count:
+        raise data.DataError(f"{vectors}: {count} documents but {ids} distinct ids (a TREC run could not tell them apart)")
     return count, processes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -65,11 +66,21 @@ def anserini_scores(scores: numpy.ndarray) -> numpy.ndarray:
     return adjusted
 
 
+def java_f(scores: numpy.ndarray) -> list[bytes]:
+    """Java's `%f` of each float32: Python's `%f`, but for exact ties at the 7th decimal (odd multiples
+    of 1/128, the only floats that have them), which Java rounds half up and Python half to even."""
+    printed = (b"%f " * len(scores) % tuple(scores.tolist())).split()
+    scaled = scores.astype(numpy.float64) * 128
+    for at in numpy.flatnonzero((scaled == numpy.floor(scaled)) & (numpy.floor(scaled) % 2 == 1)).tolist():
+        printed[at] = str(Decimal(float(scores[at])).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)).encode()
+    return printed
+
+
 def run_lines(qid: str, docids: list[bytes], scores: numpy.ndarray, *, remove_query: bool, tag: str) -> bytes:
     """SearchCollection's TREC lines (UTF-8) for one query's hits (best first, scores adjusted), with
     each block of equal printed scores in trec_eval's order (descending docid, as `search.reorder_ties`
     puts them). Formatted in bulk, not hit by hit."""
-    printed = (b"%f " * len(scores) % tuple(scores.tolist())).split()  # Java's %f of a float
+    printed = java_f(scores)
     if remove_query and (own := qid.encode()) in docids:
         at = docids.index(own)
         docids, printed = docids[:at] + docids[at + 1:], printed[:at] + printed[at + 1:]
@@ -100,23 +111,39 @@ def search_impact(index: Path, topics: Mapping[str, Mapping[str, int]], run: Pat
     searched again alone on one thread."""
     started = time.perf_counter()
     docids = Docids(index / DOCIDS)
-    queries = {qid: weights for qid in sorted(topics) if (weights := lucene.positive_weights(qid, topics[qid]))}
+    # In SearchCollection's order: Java's String order, by UTF-16 code units.
+    queries = {lucene.topic_id(qid): weights for qid in sorted(topics, key=lambda qid: qid.encode("utf-16-be"))
+               if (weights := lucene.positive_weights(qid, topics[qid]))}
     searcher = lucene.ImpactSearcher(index)
-    try:
-        if not searcher.sorted_by_id() or searcher.reader.numDocs() != len(docids):
-            raise lucene.SearchError(f"{index}: not one segment sorted by id with {DOCIDS} beside it "
-                                     f"({len(docids)} ids for {searcher.reader.numDocs()} documents): index it again")
+    from jnius import JavaException  # importing jnius starts a JVM: after lucene's start
 
-        hits = functools.partial(searcher.top_hits, k=k)
-        with open(run, "wb") as out, ThreadPoolExecutor(threads) as pool:
-            for qid, (docs, scores) in zip(queries, pool.map(hits, queries.values())):
+    try:
+        if not searcher.sorted_by_id() or searcher.reader.maxDoc() != len(docids):
+            raise lucene.SearchError(f"{index}: not one segment sorted by id with {DOCIDS} beside it "
+                                     f"({len(docids)} ids for {searcher.reader.maxDoc()} documents): index it again")
+
+        def hits(qid: str) -> tuple[numpy.ndarray, numpy.ndarray]:
+            try:
+                return searcher.top_hits(queries[qid], k)
+            except JavaException as err:
+                raise lucene.SearchError(f"{index}: query {qid} failed: {err}") from err
+
+        with open(run, "wb") as out:
+            for qid, (docs, scores) in zip(queries, _pool(threads).map(hits, queries)):
                 out.write(run_lines(qid, docids.of(docs), anserini_scores(scores), remove_query=remove_query, tag=tag))
         seconds = time.perf_counter() - started
         latencies = []
-        for weights in list(queries.values())[:latency_queries]:
+        for qid in list(queries)[:latency_queries]:
             started = time.perf_counter()
-            hits(weights)
+            hits(qid)
             latencies.append(time.perf_counter() - started)
         return seconds, latencies
     finally:
         searcher.close()
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """Threads kept for the process: each attaches to the JVM on its first call, and a thread that
+    ended attached would leave a Java thread behind."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="impact-search")

@@ -222,16 +222,19 @@ def _open_reader(index_dir: Path):
     return start_jvm()("org.apache.lucene.index.DirectoryReader").open(_directory(index_dir))
 
 
-def write_docids(index_dir: Path, path: Path) -> None:
+def write_docids(index_dir: Path, path: Path) -> int:
     """The ids of an index of one segment sorted by id (`ImpactIndexWriter` after `merge_segments`),
-    one per line in docid order: its id terms, which sort as the documents do."""
-    reader = _open_reader(index_dir)
+    one per line in docid order: its id terms, which sort as the documents do; returns how many (fewer
+    than the documents if some share an id)."""
+    reader, count = _open_reader(index_dir), 0
     try:
         with open(path, "w", encoding="utf-8") as out:
             if reader.leaves().size():  # an index of no document has no segment
                 terms = reader.leaves().get(0).reader().terms("id").iterator()
                 while (term := terms.next()) is not None:
                     out.write(term.utf8ToString() + "\n")
+                    count += 1
+        return count
     finally:
         reader.close()
 
@@ -253,7 +256,8 @@ def _json_mapper_class():
 
 class ImpactSearcher:
     """Lucene's own top-k search of an impact index, a query per call, on as many threads as call it
-    (pyjnius lets go of the GIL while Java runs).
+    (pyjnius lets go of the GIL while Java runs). One at a time per process: pyjnius shares a method
+    object among the Java objects of a class, so two searchers searched at once could mix up.
 
     The query is Anserini's for `-impact -pretokenized`: a clause per term, boosted by its weight, scored
     by ImpactSimilarity. The k hits are Lucene's (higher score first, then lower docid), with the
@@ -273,9 +277,12 @@ class ImpactSearcher:
             autoclass("java.util.HashMap"), autoclass("java.lang.String"), autoclass("java.lang.Float")))
 
     def sorted_by_id(self) -> bool:
-        """One segment whose documents are in id order (as `ImpactIndexWriter` leaves an index)."""
+        """One segment, without deletions, whose documents are in id order (as `ImpactIndexWriter`
+        leaves an index), or no segment (an index of no document)."""
         leaves = self.reader.leaves()
-        if leaves.size() != 1:
+        if leaves.size() == 0:
+            return True
+        if leaves.size() != 1 or self.reader.hasDeletions():
             return False
         sort = leaves.get(0).reader().getMetaData().getSort()
         return sort is not None and sort.toString() == f'<string: "{ID_ORDER_FIELD}">'
@@ -314,21 +321,21 @@ def write_impact_topics(vectors: Mapping[str, Mapping[str, int]], path: Path) ->
     with open(path, "w", encoding="utf-8") as out:
         for qid, vector in vectors.items():
             if terms := impact_query_terms(qid, vector):
-                out.write(f"{_topic_id(qid)}\t{terms}\n")
+                out.write(f"{topic_id(qid)}\t{terms}\n")
 
 
 def impact_query_terms(qid: str, vector: Mapping[str, int]) -> str:
     """A query vector as Anserini reads a pre-encoded one: each term repeated as often as its integer
     weight (the whitespace analyzer turns counts into weights); empty without a positive weight."""
-    return " ".join(" ".join([term] * int(weight)) for term, weight in positive_weights(qid, vector).items())
+    return " ".join(" ".join([term] * weight) for term, weight in positive_weights(qid, vector).items())
 
 
 def positive_weights(qid: str, vector: Mapping[str, int]) -> dict[str, int]:
-    """The terms of a query vector that can match (positive weights), each checked to be one word."""
+    """The terms of a query vector that can match (positive integer weights), each checked to be one word."""
     for term in vector:
         if not term or any(char.isspace() for char in term):
             raise SearchError(f"query {qid}: term {term!r} is empty or holds whitespace")
-    return {term: int(weight) for term, weight in vector.items() if weight > 0}
+    return {term: int(weight) for term, weight in vector.items() if int(weight) > 0}
 
 
 def write_text_topics(queries: Mapping[str, str], path: Path) -> None:
@@ -337,10 +344,10 @@ def write_text_topics(queries: Mapping[str, str], path: Path) -> None:
     with open(path, "w", encoding="utf-8") as out:
         for qid, text in queries.items():
             if text := " ".join(text.split()):
-                out.write(f"{_topic_id(qid)}\t{text}\n")
+                out.write(f"{topic_id(qid)}\t{text}\n")
 
 
-def _topic_id(qid: str) -> str:
+def topic_id(qid: str) -> str:
     if not qid or any(char.isspace() for char in qid):
         raise SearchError(f"query id {qid!r} is empty or holds whitespace: a TREC run cannot carry it")
     return qid

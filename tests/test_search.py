@@ -8,9 +8,9 @@ import shutil
 import numpy
 import pytest
 
-from pipeline import lucene
+from pipeline import data, lucene
 from pipeline.impact_index import DOCIDS, write_impact_index
-from pipeline.impact_search import anserini_scores, run_lines
+from pipeline.impact_search import anserini_scores, java_f, run_lines, search_impact
 from pipeline.index import index, split_for_threads
 from pipeline.search import reorder_ties, search, trec_order
 
@@ -211,6 +211,37 @@ def test_run_lines_are_anserinis_in_trec_eval_order(tmp_path):
         reorder_ties(anserini, tmp_path / "expected.trec")
         lines = run_lines("q", [docid.encode() for docid in docids], scores, remove_query=remove_query, tag="my%tag")
         assert lines == (tmp_path / "expected.trec").read_bytes()
+
+
+def test_scores_print_as_javas_percent_f():
+    """Java rounds the exact ties at the 7th decimal (odd multiples of 1/128) half up, Python half to even."""
+    autoclass = lucene.start_jvm()
+    java_float, us, formatter = autoclass("java.lang.Float"), autoclass("java.util.Locale").US, autoclass("java.util.Formatter")
+    rng = numpy.random.default_rng(1)
+    scores = numpy.concatenate([numpy.array([1, 3, 641, -1, 8388609], dtype=numpy.float32) / 128,
+                                rng.uniform(-1, 1, 50).astype(numpy.float32) * 10.0 ** rng.integers(-6, 7, 50)])
+    java = [formatter(us).format("%f", java_float(float(score))).toString().encode() for score in scores]
+    assert java_f(scores.astype(numpy.float32)) == java
+
+
+def test_duplicate_document_ids_are_refused(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "part.jsonl").write_text("".join(json.dumps({"id": docid, "contents": "", "vector": {"a": 1}}) + "\n"
+                                                          for docid in ("d1", "d2", "d1")))
+    with pytest.raises(data.DataError, match="3 documents but 2 distinct ids"):
+        write_impact_index(tmp_path / "docs", tmp_path / "index", threads=1)
+
+
+def test_an_index_of_no_document_gives_an_empty_run_and_query_ids_are_checked(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "part.jsonl").write_text("")
+    assert write_impact_index(tmp_path / "docs", tmp_path / "index", threads=1) == (0, 1)
+    seconds, _ = search_impact(tmp_path / "index", {"q1": {"a": 1}, "q2": {"a": 0.5}}, tmp_path / "run.trec", k=10,
+                               threads=2, remove_query=False, tag="t", latency_queries=1)
+    assert seconds > 0 and (tmp_path / "run.trec").read_bytes() == b""
+    with pytest.raises(lucene.SearchError, match="whitespace"):
+        search_impact(tmp_path / "index", {"q 1": {"a": 1}}, tmp_path / "run.trec", k=10, threads=1,
+                      remove_query=False, tag="t", latency_queries=0)
 
 
 def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):
