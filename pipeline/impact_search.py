@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 import time
-from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import numpy
@@ -86,12 +86,11 @@ def run_lines(qid: str, docids: list[bytes], scores: numpy.ndarray, *, remove_qu
         docids, printed = docids[:at] + docids[at + 1:], printed[:at] + printed[at + 1:]
     count = len(docids)
     if count > 1 and any(map(bytes.__eq__, printed[1:], printed[:-1])):
-        rank = numpy.arange(count)
-        starts = numpy.concatenate([[True], numpy.array(printed[1:]) != numpy.array(printed[:-1])])
-        block_start = numpy.maximum.accumulate(numpy.where(starts, rank, 0))
-        block_end = numpy.minimum.accumulate(numpy.where(numpy.append(starts[1:], True), rank, count)[::-1])[::-1]
-        order = (block_start + block_end - rank).tolist()
-        docids = [docids[at] for at in order]
+        first = numpy.flatnonzero(numpy.concatenate([[True], numpy.array(printed[1:]) != numpy.array(printed[:-1])]))
+        last = numpy.append(first[1:], count) - 1
+        block = numpy.repeat(numpy.arange(len(first)), last - first + 1)
+        order = first[block] + last[block] - numpy.arange(count)  # each block read backwards
+        docids = [docids[at] for at in order.tolist()]
     escaped = [field.encode().replace(b"%", b"%%") for field in (qid, tag)]
     fields: list = [None] * (3 * count)
     fields[0::3], fields[1::3], fields[2::3] = docids, range(1, count + 1), printed
