@@ -2,7 +2,12 @@
 drains behind it. Tokenizers, torch and file writes release the GIL, so reading and tokenizing the
 next batch, and quantizing and writing the last one, proceed while the model computes.
 
-An exception in a background thread is raised again in the caller, at its next exchange."""
+An exception in a background thread is raised again in the caller, at its next exchange.
+
+The threads are not daemons, and each ends on its own once its caller is done with it or the main
+thread has ended (a Ctrl-C can land anywhere, even before a `finally` that would stop them). The
+interpreter waits for such threads before it finalizes: a daemon thread still inside a torch call
+at that moment aborts the process ("terminate called without an active exception")."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
+_POLL_SECONDS = 0.1  # how soon a waiting thread notices that its caller has gone
 
 
 class _Failure:
@@ -20,36 +26,45 @@ class _Failure:
         self.error = error
 
 
+def _main_thread_alive() -> bool:
+    return threading.main_thread().is_alive()
+
+
 def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
     """The items of `items`, computed by a background thread at most `depth` ahead of the caller."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(item) -> bool:
+        """Put `item` in `ready` unless the caller has gone; whether it went in."""
+        while not stop.is_set() and _main_thread_alive():
+            try:
+                ready.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
-            ready.put(_DONE)
+            offer(_DONE)
         except BaseException as error:  # re-raised in the caller's thread
-            ready.put(_Failure(error))
+            offer(_Failure(error))
 
-    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
-    worker.start()
+    worker = threading.Thread(target=produce, name="prefetch")
     try:
+        worker.start()
         while (item := ready.get()) is not _DONE:
             if isinstance(item, _Failure):
                 raise item.error
             yield item
     finally:
         stop.set()  # the caller stopped early (or failed): let the producer end
-        worker.join()
+        if worker.is_alive():
+            worker.join()
 
 
 class Sink(Generic[T]):
@@ -61,7 +76,7 @@ class Sink(Generic[T]):
 
     def __init__(self, consume: Callable[[T], None], depth: int = 4):
         self.consume, self.pending, self.error = consume, queue.Queue(maxsize=depth), None
-        self.worker = threading.Thread(target=self._drain, name="sink", daemon=True)
+        self.worker = threading.Thread(target=self._drain, name="sink")
 
     def __enter__(self) -> Sink[T]:
         self.worker.start()
@@ -79,8 +94,16 @@ class Sink(Generic[T]):
             raise self.error
 
     def _drain(self) -> None:
-        while (item := self.pending.get()) is not _DONE:
-            if self.error is None:
+        while True:
+            try:
+                item = self.pending.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if _main_thread_alive():
+                    continue
+                return  # the main thread ended without leaving the sink: nothing more will come
+            if item is _DONE:
+                return
+            if self.error is None and _main_thread_alive():
                 try:
                     self.consume(item)
                 except BaseException as error:

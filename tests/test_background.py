@@ -1,8 +1,12 @@
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from pipeline.background import Sink, prefetch
+
+from conftest import ROOT
 
 
 def test_prefetch_keeps_order_and_runs_in_another_thread():
@@ -54,3 +58,26 @@ def test_sink_consumes_everything_in_order_and_reports_its_error():
         with Sink(consume) as sink:
             for number in range(10):
                 sink.put(number)
+
+
+ABANDONED = {  # a caller interrupted before it could stop its thread, which is inside torch as Python exits
+    "prefetch": "kept = prefetch(heavy()); next(kept)",
+    "sink": "sink = Sink(lambda _: next(heavy())).__enter__()\nfor _ in range(4): sink.put(None)",
+}
+
+
+@pytest.mark.parametrize("abandoned", ABANDONED.values(), ids=ABANDONED.keys())
+def test_a_thread_left_running_ends_before_the_interpreter_does(abandoned):
+    """A daemon thread inside a torch call when Python finalizes aborts the process (SIGABRT, "terminate
+    called without an active exception"): the exit status a Ctrl-C meant to give is lost."""
+    script = "\n".join([
+        "import sys, torch",
+        "from pipeline.background import Sink, prefetch",
+        "def heavy():",
+        "    while True:",
+        "        yield torch.randn(1500, 1500) @ torch.randn(1500, 1500)",
+        abandoned,
+        "sys.exit(130)",
+    ])
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130, result.stderr[-2000:]
