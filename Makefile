@@ -48,7 +48,7 @@ K_SWEEP_ARGS ?=
 # A model whose training collapsed (its folder holds collapse.json) is refused by encode unless set.
 ACCEPT_COLLAPSED ?=
 
-.PHONY: help setup fetch-model encode index search eval beir-eval head-stats train ablation k-sweep report bench search-bench test clean
+.PHONY: help setup jvm-archive fetch-model encode index search eval beir-eval head-stats train ablation k-sweep report bench search-bench test clean
 help:
 	@echo "make setup | beir-eval [MODEL=... DATASETS='scifact nfcorpus ...' COMPARE=...] | encode | index | search | eval"
 	@echo "  a corpus is encoded and indexed once for all its datasets: DATASETS='msmarco-dev dl19 dl20' share indexes/msmarco-passage/"
@@ -62,7 +62,12 @@ $(SETUP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pipeline jvm-archive
 	touch $@
+
+# The JVM's class-data archive, built again by hand (setup builds it with each install).
+jvm-archive: | $(SETUP)
+	$(PY) -m pipeline jvm-archive
 
 fetch-model: $(DEFAULT_MODEL)/model.safetensors
 $(DEFAULT_MODEL)/model.safetensors: | $(SETUP)
@@ -72,7 +77,7 @@ $(DEFAULT_MODEL)/model.safetensors: | $(SETUP)
 # and its indexes: `python -m pipeline corpus` names each dataset's corpus (corpus.DATASET), asked once
 # and kept in .cache/corpora/ (Make builds a missing one, then reads it). Help, setup and test need none.
 corpus_file = .cache/corpora/$(call slug,$(1)).mk
-ifneq ($(filter-out help setup fetch-model test clean,$(or $(MAKECMDGOALS),help)),)
+ifneq ($(filter-out help setup jvm-archive fetch-model test clean,$(or $(MAKECMDGOALS),help)),)
 include $(foreach dataset,$(sort $(DATASETS) $(NEGATIVES)),$(call corpus_file,$(dataset)))
 endif
 define CORPUS_OF

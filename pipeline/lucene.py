@@ -10,11 +10,13 @@ every encoder it knows (OpenAI clients included), which costs seconds and breaks
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import operator
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -84,16 +86,40 @@ def find_java_home() -> Path:
     )
 
 
+def jvm_classpath() -> list[str]:
+    """The classpath of the JVM `start_jvm` starts: Anserini's jar, then pyjnius's own classes, as
+    `jnius_config.get_classpath` gives it (which imports jnius, and so starts the JVM)."""
+    jnius = importlib.util.find_spec("jnius")
+    return [str(anserini_jar()), str(Path(jnius.submodule_search_locations[0]) / "src")]
+
+
+def class_archive(java_home: Path, classpath: list[str]) -> Path:
+    """Where the class-data archive of this Java and classpath lives (built by `jvm_archive`): in the
+    Python environment that holds them both, named by their paths, sizes and times, so that a changed
+    jar or Java never meets an archive of the old ones."""
+    java = (java_home / "bin" / "java").resolve()
+    stats = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else (str(path),)
+             for path in (java, *map(Path, classpath))]
+    fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    return Path(sys.prefix) / "share" / "splade-pipeline" / f"jvm-classes-{fingerprint}.jsa"
+
+
 @functools.cache
 def start_jvm(heap: str = DEFAULT_HEAP):
-    """Start the JVM once per process with Anserini on the classpath; return `jnius.autoclass`."""
+    """Start the JVM once per process with Anserini on the classpath; return `jnius.autoclass`.
+    With the class-data archive `make setup` built (`jvm_archive`), the JVM maps Lucene's and
+    Anserini's classes already parsed rather than loading them from the jar."""
     import jnius_config
 
     if not jnius_config.vm_running:
         java_home = find_java_home()
         os.environ["JAVA_HOME"] = str(java_home)
         jnius_config.add_options(f"-Xmx{heap}")
-        jnius_config.set_classpath(str(anserini_jar()))
+        classpath = jvm_classpath()
+        if (archive := class_archive(java_home, classpath)).is_file():
+            # The JVM checks the archive again itself and, on a mismatch, loads from the jar: silently.
+            jnius_config.add_options(f"-XX:SharedArchiveFile={archive}", "-Xlog:cds*=off")
+        jnius_config.set_classpath(classpath[0])
     import jnius
 
     return jnius.autoclass
