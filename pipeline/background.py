@@ -4,10 +4,11 @@ next batch, and quantizing and writing the last one, proceed while the model com
 
 An exception in a background thread is raised again in the caller, at its next exchange.
 
-The threads are not daemons, and each ends on its own once its caller is done with it or the main
+The threads are not daemons, and each ends on its own once its caller is done with it or the caller's
 thread has ended (a Ctrl-C can land anywhere, even before a `finally` that would stop them). The
-interpreter waits for such threads before it finalizes: a daemon thread still inside a torch call
-at that moment aborts the process ("terminate called without an active exception")."""
+interpreter waits for such threads before it finalizes, so an interrupted process exits once the step
+each thread is in has finished: a daemon thread still inside a torch call at that moment would abort
+the process ("terminate called without an active exception")."""
 
 from __future__ import annotations
 
@@ -26,18 +27,14 @@ class _Failure:
         self.error = error
 
 
-def _main_thread_alive() -> bool:
-    return threading.main_thread().is_alive()
-
-
 def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
     """The items of `items`, computed by a background thread at most `depth` ahead of the caller."""
     ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    stop, caller = threading.Event(), threading.current_thread()
 
     def offer(item) -> bool:
         """Put `item` in `ready` unless the caller has gone; whether it went in."""
-        while not stop.is_set() and _main_thread_alive():
+        while not stop.is_set() and caller.is_alive():
             try:
                 ready.put(item, timeout=_POLL_SECONDS)
                 return True
@@ -79,6 +76,7 @@ class Sink(Generic[T]):
         self.worker = threading.Thread(target=self._drain, name="sink")
 
     def __enter__(self) -> Sink[T]:
+        self.caller = threading.current_thread()
         self.worker.start()
         return self
 
@@ -98,12 +96,12 @@ class Sink(Generic[T]):
             try:
                 item = self.pending.get(timeout=_POLL_SECONDS)
             except queue.Empty:
-                if _main_thread_alive():
+                if self.caller.is_alive():
                     continue
-                return  # the main thread ended without leaving the sink: nothing more will come
+                return  # the caller's thread ended without leaving the sink: nothing more will come
             if item is _DONE:
                 return
-            if self.error is None and _main_thread_alive():
+            if self.error is None and self.caller.is_alive():
                 try:
                     self.consume(item)
                 except BaseException as error:

@@ -81,3 +81,20 @@ def test_a_thread_left_running_ends_before_the_interpreter_does(abandoned):
     ])
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 130, result.stderr[-2000:]
+
+
+def test_a_caller_in_another_thread_keeps_its_threads_after_the_main_thread_has_ended():
+    script = "\n".join([
+        "import threading, time",
+        "from pipeline.background import Sink, prefetch",
+        "def work():",
+        "    time.sleep(0.3)  # the main thread has ended by now; the interpreter waits for this one",
+        "    seen = []",
+        "    with Sink(seen.append, depth=2) as sink:",
+        "        for number in prefetch(iter(range(20)), depth=2):",
+        "            sink.put(number)",
+        "    print(seen == list(range(20)))",
+        "threading.Thread(target=work).start()",
+    ])
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["True"], result.stderr[-2000:]
