@@ -35,26 +35,28 @@ class ArchiveError(PipelineError, RuntimeError):
 
 def build_jvm_archive(out: Path | None = None) -> dict:
     """Write the archive for this Java and Anserini jar to `out` (by default where `start_jvm` reads it)."""
-    java_home, classpath = lucene.find_java_home(), lucene.jvm_classpath()
-    default = lucene.class_archive(java_home, classpath)
+    java_home, jar = lucene.find_java_home(), str(lucene.anserini_jar())
+    default = lucene.class_archive(java_home, Path(jar))
     out = out or default
-    java = str(java_home / "bin" / "java")
+    # The stages' heap: compressed pointers (on below 32 GB) must be as the archive has them.
+    java = [str(java_home / "bin" / "java"), f"-Xmx{lucene.DEFAULT_HEAP}", "-cp", jar]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jvm-archive-") as work:
         class_list = Path(work) / "classes.lst"
         # JAVA_TOOL_OPTIONS reaches a JVM that pyjnius creates, as it does one that `java` starts.
+        options = f"{os.environ.get('JAVA_TOOL_OPTIONS', '')} '-XX:DumpLoadedClassList={class_list}'"
         _run([sys.executable, "-c", f"from pipeline.jvm_archive import exercise; exercise({work!r})"],
-             "recording the classes of the Java paths", env={**os.environ, "JAVA_TOOL_OPTIONS":
-                                                            f"-XX:DumpLoadedClassList={class_list}"})
+             "recording the classes of the Java paths", env={**os.environ, "JAVA_TOOL_OPTIONS": options})
         with atomic_path(out) as staging:
-            _run([java, "-Xshare:dump", f"-XX:SharedClassListFile={class_list}", f"-XX:SharedArchiveFile={staging}",
-                  "-cp", os.pathsep.join(classpath)], "java -Xshare:dump")
-            _run([java, "-Xshare:on", f"-XX:SharedArchiveFile={staging}", "-cp", os.pathsep.join(classpath),
-                  "-version"], "mapping the archive")  # -Xshare:on fails where the archive cannot be used
+            _run([*java, "-Xshare:dump", f"-XX:SharedClassListFile={class_list}", f"-XX:SharedArchiveFile={staging}"],
+                 "java -Xshare:dump")
+            # -Xshare:on fails where the archive cannot be used
+            _run([*java, "-Xshare:on", f"-XX:SharedArchiveFile={staging}", "-version"], "mapping the archive")
         classes = sum(1 for line in class_list.read_text().splitlines() if line and not line.startswith("#"))
-    if out == default:  # archives of an earlier jar or Java (tens of MB each) are of no more use
-        for stale in set(default.parent.glob("jvm-classes-*.jsa")) - {default}:
-            stale.unlink()
+    if out == default:  # this Java's archives of an earlier jar (tens of MB each) are of no more use
+        same_java = default.name.rsplit("-", 1)[0] + "-*.jsa"
+        for stale in set(default.parent.glob(same_java)) - {default}:
+            stale.unlink(missing_ok=True)
     stats = {"archive": str(out), "classes": classes, "megabytes": out.stat().st_size / 2**20,
              "seconds": time.perf_counter() - started}
     log.info("%s: %d classes, %.0f MB, built in %.1f s", out, classes, stats["megabytes"], stats["seconds"])

@@ -86,22 +86,17 @@ def find_java_home() -> Path:
     )
 
 
-def jvm_classpath() -> list[str]:
-    """The classpath of the JVM `start_jvm` starts: Anserini's jar, then pyjnius's own classes, as
-    `jnius_config.get_classpath` gives it (which imports jnius, and so starts the JVM)."""
-    jnius = importlib.util.find_spec("jnius")
-    return [str(anserini_jar()), str(Path(jnius.submodule_search_locations[0]) / "src")]
+def _fingerprint(path: Path) -> str:
+    path = path.resolve()
+    return hashlib.sha256(repr((str(path), path.stat().st_size, path.stat().st_mtime_ns)).encode()).hexdigest()[:12]
 
 
-def class_archive(java_home: Path, classpath: list[str]) -> Path:
-    """Where the class-data archive of this Java and classpath lives (built by `jvm_archive`): in the
-    Python environment that holds them both, named by their paths, sizes and times, so that a changed
-    jar or Java never meets an archive of the old ones."""
-    java = (java_home / "bin" / "java").resolve()
-    stats = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else (str(path),)
-             for path in (java, *map(Path, classpath))]
-    fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
-    return Path(sys.prefix) / "share" / "splade-pipeline" / f"jvm-classes-{fingerprint}.jsa"
+def class_archive(java_home: Path, jar: Path) -> Path:
+    """Where the class-data archive of this Java and Anserini `jar` lives (built by `jvm_archive`): in the
+    Python environment that holds them, named by the path, size and time of each, so that a changed jar
+    or Java never meets an archive of the old ones."""
+    java, jar = _fingerprint(java_home / "bin" / "java"), _fingerprint(jar)
+    return Path(sys.prefix) / "share" / "splade-pipeline" / f"jvm-classes-{java}-{jar}.jsa"
 
 
 @functools.cache
@@ -115,11 +110,11 @@ def start_jvm(heap: str = DEFAULT_HEAP):
         java_home = find_java_home()
         os.environ["JAVA_HOME"] = str(java_home)
         jnius_config.add_options(f"-Xmx{heap}")
-        classpath = jvm_classpath()
-        if (archive := class_archive(java_home, classpath)).is_file():
+        jnius_config.set_classpath(str(anserini_jar()))  # pyjnius appends its own classes' folder
+        if (archive := class_archive(java_home, anserini_jar())).is_file():
             # The JVM checks the archive again itself and, on a mismatch, loads from the jar: silently.
+            # (A heap of 32 GB or more turns compressed pointers off, and with them the archive.)
             jnius_config.add_options(f"-XX:SharedArchiveFile={archive}", "-Xlog:cds*=off")
-        jnius_config.set_classpath(classpath[0])
     import jnius
 
     return jnius.autoclass

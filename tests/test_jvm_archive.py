@@ -18,7 +18,7 @@ def test_the_archive_holds_the_classes_of_lucene_anserini_and_jackson(tmp_path):
     assert stats["classes"] > 3000 and archive.stat().st_size > 10 * 2**20
     listing = subprocess.run(
         [str(lucene.find_java_home() / "bin" / "java"), f"-XX:SharedArchiveFile={archive}", "-XX:+PrintSharedArchiveAndExit",
-         "-cp", os.pathsep.join(lucene.jvm_classpath())], capture_output=True, text=True).stdout
+         "-cp", str(lucene.anserini_jar())], capture_output=True, text=True).stdout
     assert "archive is valid" in listing
     for name in ("org.apache.lucene.search.IndexSearcher", "io.anserini.search.SearchCollection",
                  "io.anserini.index.IndexCollection", "io.anserini.search.query.BagOfWordsQueryGenerator",
@@ -27,17 +27,17 @@ def test_the_archive_holds_the_classes_of_lucene_anserini_and_jackson(tmp_path):
 
 
 def test_a_stage_jvm_maps_the_archive_that_setup_built():
-    assert lucene.class_archive(lucene.find_java_home(), lucene.jvm_classpath()).is_file(), "make setup builds it"
+    assert lucene.class_archive(lucene.find_java_home(), lucene.anserini_jar()).is_file(), "make setup builds it"
     script = "from pipeline import lucene; print(lucene.start_jvm()('java.lang.System').getProperty('java.vm.info'))"
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert "sharing" in result.stdout, result.stdout + result.stderr[-2000:]
 
 
 def test_a_changed_jar_is_never_matched_with_the_old_archive(tmp_path):
-    java_home, classpath = lucene.find_java_home(), lucene.jvm_classpath()
+    java_home = lucene.find_java_home()
     jar = tmp_path / "anserini.jar"
-    shutil.copyfile(classpath[0], jar)
-    before = lucene.class_archive(java_home, [str(jar), *classpath[1:]])
+    shutil.copyfile(lucene.anserini_jar(), jar)
+    before = lucene.class_archive(java_home, jar)
     os.utime(jar, ns=(jar.stat().st_atime_ns, jar.stat().st_mtime_ns + 10**9))
-    assert lucene.class_archive(java_home, [str(jar), *classpath[1:]]) != before
-    assert before != lucene.class_archive(java_home, classpath)
+    assert lucene.class_archive(java_home, jar) != before
+    assert before != lucene.class_archive(java_home, lucene.anserini_jar())
