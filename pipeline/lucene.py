@@ -376,6 +376,9 @@ def topic_id(qid: str) -> str:
 
 def _search_collection_options(index_dir: Path, topics: Path, run: Path, *, impact: bool, k: int, threads: int,
                                remove_query: bool, tag: str, k1: float, b: float) -> list[str]:
+    if any(char.isspace() for char in str(topics)):  # its -topics option takes several files, split at spaces
+        raise SearchError(f"{topics}: Anserini's SearchCollection cannot read a topics file whose path holds "
+                          "whitespace (set TMPDIR to a folder without any)")
     options = [
         "-index", str(index_dir), "-topics", str(topics), "-topicReader", "TsvString", "-output", str(run),
         "-hits", str(k), "-threads", str(threads), "-runtag", tag,

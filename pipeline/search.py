@@ -111,9 +111,11 @@ recorded as another dataset's, are refused.
 
 def _search_collection(index: Path, topics: dict, run: Path, *, impact: bool, k: int, threads: int,
                        remove_query: bool, tag: str, k1: float, b: float) -> float:
-    """Anserini's SearchCollection writes the run (`lucene.search_collection`); its seconds."""
-    with tempfile.TemporaryDirectory(prefix=f".{run.name}.", dir=run.parent) as work:
-        topics_file, anserini_run = Path(work) / "topics.tsv", Path(work) / "anserini.trec"
+    """Anserini's SearchCollection writes the run (`lucene.search_collection`); its seconds. The topics
+go to the system's temporary folder, whose path (unlike the run's, maybe) holds no whitespace."""
+    with tempfile.TemporaryDirectory(prefix=f".{run.name}.", dir=run.parent) as work, \
+            tempfile.TemporaryDirectory(prefix="topics-") as topics_folder:
+        topics_file, anserini_run = Path(topics_folder) / "topics.tsv", Path(work) / "anserini.trec"
         started = time.perf_counter()
         if impact:
             lucene.write_impact_topics(topics, topics_file)
