@@ -4,10 +4,12 @@ so an interrupted run never leaves a half-written file that looks finished (to M
 from __future__ import annotations
 
 import errno
+import glob
 import gzip
 import json
 import os
 import shutil
+import socket
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -25,17 +27,65 @@ UMASK = os.umask(0)
 os.umask(UMASK)
 
 
+def _owned_prefix(path: Path) -> str:
+    """The start of the names of the temporary siblings of `path` that processes of this machine make."""
+    return f".{path.name}.{socket.gethostname()}."
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_abandoned(path: Path) -> None:
+    """Remove the temporary siblings of `path` whose process, on this machine, is gone: killed, or
+    ended at once by the JVM on Ctrl-C (its signal handler exits without Python's cleanup)."""
+    prefix = _owned_prefix(path)
+    for sibling in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = sibling.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            _remove(sibling)
+
+
+@contextmanager
+def scratch_folder(beside: Path) -> Iterator[Path]:
+    """A temporary folder beside the output `beside` (on its file system), removed on leaving; one that
+    a process gone without leaving it left behind is removed by the next."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(beside)
+    folder = Path(tempfile.mkdtemp(prefix=f"{_owned_prefix(beside)}{os.getpid()}.", dir=beside.parent))
+    try:
+        yield folder
+    finally:
+        _remove(folder)
+
+
 @contextmanager
 def atomic_path(path: Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` (a file or a folder).
 
-    On any failure the temporary path is removed; a full disk (or a file size limit) becomes an
-    OutputError naming `path`."""
+    On any failure the temporary path is removed, and one that a process gone without that cleanup
+    left behind is removed by the next (`remove_abandoned`); a full disk (or a file size limit)
+    becomes an OutputError naming `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(path)
+    prefix = f"{_owned_prefix(path)}{os.getpid()}."
     if directory:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        staging = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     else:
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        handle, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
         os.fchmod(handle, 0o666 & ~UMASK)
         os.close(handle)
         staging = Path(name)
@@ -49,10 +99,7 @@ def atomic_path(path: Path, *, directory: bool = False) -> Iterator[Path]:
             raise OutputError(f"cannot write {path}: {err.strerror} (nothing was left there)") from None
         raise
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.unlink(missing_ok=True)
+        _remove(staging)
 
 
 def json_line(record: dict) -> bytes:

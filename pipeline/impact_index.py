@@ -15,12 +15,11 @@ Anserini's (lower id first), and `impact_search` can search it with Lucene's pru
 from __future__ import annotations
 
 import multiprocessing
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pipeline import data, lucene
-from pipeline.files import count_newlines
+from pipeline.files import count_newlines, scratch_folder
 from pipeline.progress import Progress
 
 # A process costs about a second to start (Python, the JVM): below this many documents each, fewer.
@@ -60,7 +59,7 @@ def write_impact_index(vectors: Path, out: Path, *, threads: int, docs_per_proce
         count = _write(files, out, 0, total)
     else:
         bounds = [total * process // processes for process in range(processes + 1)]
-        with tempfile.TemporaryDirectory(prefix=".impact-", dir=out.parent) as work, ProcessPoolExecutor(
+        with scratch_folder(out) as work, ProcessPoolExecutor(
                 processes, mp_context=multiprocessing.get_context("spawn")) as pool:  # a JVM does not survive fork
             folders = [Path(work) / f"range-{process}" for process in range(processes)]
             count = sum(pool.map(_write, [files] * processes, folders, bounds[:-1], bounds[1:], range(processes),

@@ -19,13 +19,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import tempfile
 import time
 from pathlib import Path
 
 from pipeline import data, lucene
 from pipeline.errors import PipelineError
-from pipeline.files import ShardWriter, atomic_path, count_newlines, write_json
+from pipeline.files import ShardWriter, atomic_path, count_newlines, scratch_folder, write_json
 from pipeline.impact_index import write_impact_index
 from pipeline.progress import Progress
 
@@ -82,7 +81,7 @@ def index(out: Path, *, vectors: Path | None = None, corpus: str | None = None, 
     if (vectors is None) == (corpus is None):
         raise ValueError("index takes either vectors (an impact index) or corpus (a BM25 index)")
     started, blank = time.perf_counter(), 0
-    with atomic_path(out, directory=True) as staging, tempfile.TemporaryDirectory(dir=out.parent) as work:
+    with atomic_path(out, directory=True) as staging, scratch_folder(out) as work:
         indexing = time.perf_counter()
         if vectors is not None:
             impact, source, corpus_name = True, str(vectors), data.recorded(vectors, "corpus")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy
 
 from pipeline import data, impact_search, lucene
-from pipeline.files import atomic_path, jsonl_records
+from pipeline.files import atomic_path, jsonl_records, scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,7 @@ def _search_collection(index: Path, topics: dict, run: Path, *, impact: bool, k:
                        remove_query: bool, tag: str, k1: float, b: float) -> float:
     """Anserini's SearchCollection writes the run (`lucene.search_collection`); its seconds. The topics
 go to the system's temporary folder, whose path (unlike the run's, maybe) holds no whitespace."""
-    with tempfile.TemporaryDirectory(prefix=f".{run.name}.", dir=run.parent) as work, \
-            tempfile.TemporaryDirectory(prefix="topics-") as topics_folder:
+    with scratch_folder(run) as work, tempfile.TemporaryDirectory(prefix="topics-") as topics_folder:
         topics_file, anserini_run = Path(topics_folder) / "topics.tsv", Path(work) / "anserini.trec"
         started = time.perf_counter()
         if impact:
