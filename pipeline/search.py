@@ -112,7 +112,7 @@ recorded as another dataset's, are refused.
 def _search_collection(index: Path, topics: dict, run: Path, *, impact: bool, k: int, threads: int,
                        remove_query: bool, tag: str, k1: float, b: float) -> float:
     """Anserini's SearchCollection writes the run (`lucene.search_collection`); its seconds. The topics
-go to the system's temporary folder, whose path (unlike the run's, maybe) holds no whitespace."""
+    go to the system's temporary folder, whose path (unlike the run's, maybe) holds no whitespace."""
     with scratch_folder(run) as work, tempfile.TemporaryDirectory(prefix="topics-") as topics_folder:
         topics_file, anserini_run = Path(topics_folder) / "topics.tsv", Path(work) / "anserini.trec"
         started = time.perf_counter()
