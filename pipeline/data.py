@@ -300,13 +300,24 @@ class Dataset:
         """Read every query and judgment once, before any long work (`Corpus.check` reads the documents)."""
         return {"queries": len(self.queries()), "judged_queries": len(self.qrels())}
 
-    def check_source(self, output: Path, what: str) -> None:
+    def check_source(self, output: Path, what: str, *, known_from: Path | None = None) -> None:
         """Refuse an output of ours recorded as made from another corpus (an index) or from another
-        dataset's queries (encoded queries)."""
-        for key, ours in (("corpus", self.corpus.name), ("dataset", self.name)):
+        dataset's queries (encoded queries). The dataset's corpus is read from the output itself, or
+        from `known_from`, when that records this dataset and its corpus (encode's queries do): ir_datasets'
+        import and lookup are then spared."""
+        for key in ("corpus", "dataset"):
             theirs = recorded(output, key)
-            if theirs is not None and _canonical(theirs) != _canonical(ours):
+            if theirs is None:
+                continue
+            ours = self._corpus_name(known_from or output) if key == "corpus" else self.name
+            if _canonical(theirs) != _canonical(ours):
                 raise DataError(f"{output}: {what} of {key} {theirs!r}, not of {ours!r}")
+
+    def _corpus_name(self, known_from: Path) -> str:
+        dataset = recorded(known_from, "dataset")
+        if dataset is not None and _canonical(dataset) == _canonical(self.name):
+            return recorded(known_from, "corpus") or self.corpus.name
+        return self.corpus.name
 
     def _raw_queries(self) -> Iterator[tuple[str, str, tuple[str, bool]]]:
         if self.folder is not None:

@@ -28,6 +28,12 @@ from pipeline.errors import PipelineError
 
 MIN_JAVA = 21
 DEFAULT_HEAP = os.environ.get("PIPELINE_JAVA_HEAP", "4g")
+# A stage's JVM lives seconds to minutes, and a search of a few hundred queries spent a third of its CPU
+# in the C2 compiler, recompiling java.util.TimSort ~20 times as each array-store speculation failed in
+# turn. Giving up speculation at a bytecode after its first failure, and compiling only the methods that
+# stay hot, cut C2's time by a fifth and the SciFact x20 search by ~8 % (index stages unchanged).
+JIT_OPTIONS = ("-XX:PerBytecodeTrapLimit=1", "-XX:Tier4InvocationThreshold=30000", "-XX:Tier4CompileThreshold=40000",
+               "-XX:Tier4BackEdgeThreshold=100000")
 
 
 class JavaError(PipelineError, RuntimeError):
@@ -109,7 +115,7 @@ def start_jvm(heap: str = DEFAULT_HEAP):
     if not jnius_config.vm_running:
         java_home = find_java_home()
         os.environ["JAVA_HOME"] = str(java_home)
-        jnius_config.add_options(f"-Xmx{heap}")
+        jnius_config.add_options(f"-Xmx{heap}", *JIT_OPTIONS)
         jar = anserini_jar()
         jnius_config.set_classpath(str(jar))  # pyjnius appends its own classes' folder
         if (archive := class_archive(java_home, jar)).is_file():
@@ -423,7 +429,7 @@ def search_collection_command(index_dir: Path, topics: Path, run: Path, *, k: in
     """The same impact search as `search_collection`, as a `java` command line: Anserini's own speed,
     with no Python in the way."""
     java = find_java_home() / "bin" / "java"
-    return [str(java), f"-Xmx{heap}", "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
+    return [str(java), f"-Xmx{heap}", *JIT_OPTIONS, "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
             *_search_collection_options(index_dir, topics, run, impact=True, k=k, threads=threads,
                                         remove_query=remove_query, tag=tag, k1=0.9, b=0.4)]
 

@@ -75,7 +75,7 @@ recorded as another dataset's, are refused.
     query_set = data.load(dataset)
     if not any(index.glob("segments_*")):
         raise data.DataError(f"{index}: not a Lucene index (run the index stage first)")
-    query_set.check_source(index, "an index")
+    query_set.check_source(index, "an index", known_from=queries)
     if queries is not None:
         query_set.check_source(queries, "encoded queries")
     if remove_query is None:
