@@ -48,14 +48,17 @@ def compare(ours: peer_encoders.Weights, reference: peer_encoders.Weights) -> di
 def projection_rate(model: str, texts: list[str], *, max_length: int, batch_size: int) -> dict:
     """GFLOP/s of our projection, states computed beforehand: the dense projection's FLOPs over the real
     tokens (2 x tokens x hidden x vocabulary) per second spent in the whole of it (screen, bound and
-    exact fp32 recheck, as encode runs it) and in its screen alone (the low-precision product and max-pool)."""
+    exact fp32 recheck, as encode runs it) and in its screen alone (the low-precision product and max-pool),
+    on the length-sorted batches encode makes (so with the padding encode computes, no more)."""
+    from pipeline.encode import length_sorted_batches
     from pipeline.splade.screened_projection import _padding_as_first_token
 
     encoder = SpladeEncoder.load(model, device="cpu")
     projection, flops, seconds = encoder.projection(), 0, {"whole": 0.0, "screen": 0.0}
+    documents = [data.Document(str(at), text) for at, text in enumerate(texts)]
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch, _ = encoder.tokenize(texts[start : start + batch_size], max_length)
+        for documents_batch in length_sorted_batches(documents, batch_size):
+            batch, _ = encoder.tokenize([document.text for document in documents_batch], max_length)
             mask = batch["attention_mask"]
             states = encoder.model.head.transform(encoder.model.hidden_states(batch["input_ids"], mask))
             padded = _padding_as_first_token(states, mask.bool())

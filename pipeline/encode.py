@@ -134,7 +134,7 @@ class Counts:
     seconds: float = 0.0
 
 
-def _batches(items: Iterable[data.Document], batch_size: int) -> Iterator[list[data.Document]]:
+def length_sorted_batches(items: Iterable[data.Document], batch_size: int) -> Iterator[list[data.Document]]:
     """Length-sorted batches, sorted within windows so memory stays bounded."""
     items = iter(items)
     while window := list(islice(items, batch_size * SORT_WINDOW_BATCHES)):
@@ -171,7 +171,7 @@ def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write,
         progress.update(len(batch))
 
     with Progress(total=total, desc=f"encode {what}", unit=what) as progress, Sink(emit) as sink:
-        for batch, filled, tokens, truncated in prefetch(_tokenized(encoder, _batches(texts, batch_size), max_length)):
+        for batch, filled, tokens, truncated in prefetch(_tokenized(encoder, length_sorted_batches(texts, batch_size), max_length)):
             entries = None if tokens is None else quantized_entries(encoder.sparse_weights(tokens), scale)
             counts.truncated += truncated
             sink.put((batch, filled, entries))
