@@ -44,6 +44,50 @@ def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, 
 
 
 @needs_amx
+@pytest.mark.parametrize(("length", "hidden", "density"), [(32, 128, 0.3), (96, 40, 0.05), (64, 7, 1.0)],
+                         ids=["one-block", "ragged-terms", "every-term"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, density, threads):
+    """Groups of 8 terms with a shorter last one, documents with no candidate, and a NaN that must stay."""
+    generator = torch.Generator().manual_seed(length + hidden)
+    states, weight = torch.randn(6, length, hidden, generator=generator), torch.randn(300, hidden, generator=generator)
+    chosen = torch.rand(6, 300, generator=generator) < density
+    chosen[2] = False
+    states[4, length - 1, hidden // 2] = torch.nan
+    documents, terms = chosen.nonzero(as_tuple=True)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        maxima = amx_max_pool.max_dots(amx_max_pool.load(), states, weight, documents, terms)
+    finally:
+        torch.set_num_threads(saved)
+    expected = torch.einsum("ctk,ck->ct", states.double()[documents], weight.double()[terms]).amax(dim=1)
+    assert maxima.shape == terms.shape and maxima[documents == 4].isnan().all()
+    torch.testing.assert_close(maxima[documents != 4].double(), expected[documents != 4], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        amx_max_pool.max_dots(amx_max_pool.load(), states[:, :31], weight, documents, terms)
+
+
+@needs_amx
+@pytest.mark.parametrize("hidden", [128, 40, 7])
+def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
+    """bf16 rounding (to nearest even, ties included) and the three largest norms, a NaN kept."""
+    generator = torch.Generator().manual_seed(hidden)
+    states = torch.randn(4, 64, hidden, generator=generator) * 3
+    states[0, 0, 0] = 1 + 2**-8  # a tie: to even, 1
+    states[0, 0, 1] = 1 + 3 * 2**-8  # a tie: to even, 1 + 2^-6
+    states[3, 5, hidden - 1] = torch.nan
+    low, norms, residual, rounded = amx_max_pool.rounded_with_norms(amx_max_pool.load(), states)
+    number = ~states.isnan()  # a NaN stays NaN, its bits aside
+    assert torch.equal(low[number].view(torch.int16), states[number].bfloat16().view(torch.int16))
+    assert low[~number].isnan().all()
+    back = low.float()
+    for ours, theirs in ((norms, states.norm(dim=2)), (residual, (states - back).norm(dim=2)), (rounded, back.norm(dim=2))):
+        assert ours[3].isnan()
+        torch.testing.assert_close(ours[:3], theirs[:3].amax(dim=1), rtol=1e-6, atol=0)
+
+
+@needs_amx
 def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
     screen = amx_max_pool.AmxScreen(amx_max_pool.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32),
                                     (torch.zeros(32), torch.zeros(32)))
@@ -64,7 +108,9 @@ def test_the_amx_bound_holds_and_the_weights_equal_the_torch_screens(shift, scal
     ours = amx(states, mask)
     torch_screen = ScreenedProjection(weight, bias, dtype=torch.bfloat16, amx=False)
     assert torch_screen.amx is None
-    assert torch.equal(ours, torch_screen(states, mask))  # the same fp32 recheck of every positive pair
+    theirs = torch_screen(states, mask)  # the same candidates, rechecked in fp32 by torch's bmm instead of the kernel
+    assert torch.equal(ours != 0, theirs != 0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
     torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
 
 

@@ -2,11 +2,13 @@
 // bf16 products accumulated in fp32, plus bias[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v] (the
 // screen's error bound). Each 32 tokens x 32 terms tile of logits is max-pooled as it leaves
 // the tile registers, so the [tokens x vocabulary] logits never reach memory.
-// Built by amx_max_pool.py; see there for the layouts.
+// Its candidates' exact fp32 recheck is here too (`max_dots`, AVX-512). Built by amx_max_pool.py; see there
+// for the layouts.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -36,12 +38,14 @@ static void configure_tiles(void) {
 }
 
 // One thread's share: columns [first_term, last_term) of out, multiples of 32, in blocks of block_terms
-// terms whose weights stay in the core's L2 while every document passes.
+// terms whose weights stay in the core's L2 while every document passes. The logits of 32 tokens are stored
+// in one half of `results` and max-pooled once the next 32 tokens' products are under way (~10 % faster
+// than waiting for the tiles).
 static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *slack_a,
                            const float *slack_b, const float *scale_a, const float *scale_b, float *out, int64_t documents, int64_t length, int64_t hidden,
                            int64_t out_stride, int64_t first_term, int64_t last_term, int64_t block_terms) {
     const int64_t chunks = hidden / 32, weight_tile = 16 * 32, row_bytes = hidden * 2;
-    float results[4][16][16] __attribute__((aligned(64)));
+    float results[2][4][16][16] __attribute__((aligned(64)));
     for (int64_t block = first_term; block < last_term; block += block_terms) {
         const int64_t block_end = block + block_terms < last_term ? block + block_terms : last_term;
         for (int64_t document = 0; document < documents; document++) {
@@ -50,8 +54,11 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
                 const uint16_t *weight0 = packed + (term / 16) * chunks * weight_tile;
                 const uint16_t *weight1 = weight0 + chunks * weight_tile;
                 __m512 max0 = _mm512_set1_ps(-INFINITY), max1 = max0;
+                // The logits of a block of tokens are max-pooled while the tiles compute the next block's.
+                int pending = 0;
                 for (int64_t token = 0; token < length; token += 32) {
                     const uint16_t *rows = first_token + token * hidden;
+                    float (*stored)[16][16] = results[token / 32 % 2];
                     _tile_zero(4);
                     _tile_zero(5);
                     _tile_zero(6);
@@ -66,13 +73,24 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
                         _tile_dpbf16ps(6, 0, 3);
                         _tile_dpbf16ps(7, 1, 3);
                     }
-                    _tile_stored(4, results[0], 64);
-                    _tile_stored(5, results[1], 64);
-                    _tile_stored(6, results[2], 64);
-                    _tile_stored(7, results[3], 64);
+                    if (pending) {
+                        float (*previous)[16][16] = results[(token / 32 + 1) % 2];
+                        for (int row = 0; row < 16; row++) {
+                            max0 = _mm512_max_ps(max0, _mm512_max_ps(_mm512_load_ps(previous[0][row]), _mm512_load_ps(previous[1][row])));
+                            max1 = _mm512_max_ps(max1, _mm512_max_ps(_mm512_load_ps(previous[2][row]), _mm512_load_ps(previous[3][row])));
+                        }
+                    }
+                    _tile_stored(4, stored[0], 64);
+                    _tile_stored(5, stored[1], 64);
+                    _tile_stored(6, stored[2], 64);
+                    _tile_stored(7, stored[3], 64);
+                    pending = 1;
+                }
+                {
+                    float (*last)[16][16] = results[(length / 32 + 1) % 2];
                     for (int row = 0; row < 16; row++) {
-                        max0 = _mm512_max_ps(max0, _mm512_max_ps(_mm512_load_ps(results[0][row]), _mm512_load_ps(results[1][row])));
-                        max1 = _mm512_max_ps(max1, _mm512_max_ps(_mm512_load_ps(results[2][row]), _mm512_load_ps(results[3][row])));
+                        max0 = _mm512_max_ps(max0, _mm512_max_ps(_mm512_load_ps(last[0][row]), _mm512_load_ps(last[1][row])));
+                        max1 = _mm512_max_ps(max1, _mm512_max_ps(_mm512_load_ps(last[2][row]), _mm512_load_ps(last[3][row])));
                     }
                 }
                 const __m512 a = _mm512_set1_ps(scale_a[document]), b = _mm512_set1_ps(scale_b[document]);
@@ -101,5 +119,102 @@ void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *b
         max_pool_terms(tokens, packed, bias, slack_a, slack_b, scale_a, scale_b, out, documents, length, hidden, vocabulary,
                        groups * thread / threads * 32, groups * (thread + 1) / threads * 32, block_terms);
         _tile_release();
+    }
+}
+
+// The screen's inputs in one pass over fp32 states [documents, length, hidden]: low = bf16(states), rounded to
+// nearest even as torch rounds, and per document the largest token norm of states, of the rounding residual
+// states - low, and of low (norms [documents, 3]); NaN as the first where a token's norm is NaN.
+void rounded_with_norms(const float *states, uint16_t *low, float *norms, int64_t documents, int64_t length,
+                        int64_t hidden) {
+    const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
+#pragma omp parallel for schedule(static)
+    for (int64_t document = 0; document < documents; document++) {
+        float largest[3] = {0.0f, 0.0f, 0.0f};
+        int not_a_number = 0;
+        for (int64_t token = 0; token < length; token++) {
+            const float *row = states + (document * length + token) * hidden;
+            uint16_t *out = low + (document * length + token) * hidden;
+            __m512 sums[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            for (int64_t k = 0; k < hidden; k += 16) {
+                const __mmask16 live = hidden - k >= 16 ? 0xFFFF : (__mmask16)((1u << (hidden - k)) - 1);
+                const __m512 x = _mm512_maskz_loadu_ps(live, row + k);
+                const __m512i bits = _mm512_castps_si512(x);
+                const __m512i even = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+                const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, half), even), 16);
+                _mm256_mask_storeu_epi16(out + k, live, _mm512_cvtepi32_epi16(rounded));
+                const __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16));
+                const __m512 residual = _mm512_sub_ps(x, back);
+                sums[0] = _mm512_fmadd_ps(x, x, sums[0]);
+                sums[1] = _mm512_fmadd_ps(residual, residual, sums[1]);
+                sums[2] = _mm512_fmadd_ps(back, back, sums[2]);
+            }
+            for (int i = 0; i < 3; i++) {
+                const float norm = sqrtf(_mm512_reduce_add_ps(sums[i]));
+                not_a_number |= isnan(norm);
+                largest[i] = norm > largest[i] ? norm : largest[i];
+            }
+        }
+        for (int i = 0; i < 3; i++) norms[document * 3 + i] = not_a_number ? NAN : largest[i];
+    }
+}
+
+// The recheck: out[c] = max over the tokens t of document d of sum_k states[d, t, k] * weight[terms[c], k] in fp32,
+// for the candidates c in [starts[d], starts[d + 1]), each sum a chain of fused multiply-adds in k order; NaN
+// where one of the sums is NaN. A document's states are transposed into `columns` ([hidden, length]) so that a
+// vector holds 16 tokens; 8 terms x 32 tokens of sums stay in registers while k runs (no [terms x tokens] product
+// reaches memory). states: [documents, length, hidden] fp32, length a multiple of 32; weight: [vocabulary, hidden].
+#define RECHECK_TERMS 8
+static void max_dots_of_document(const float *states, const float *weight, const int64_t *terms, float *out,
+                                 int64_t candidates, int64_t length, int64_t hidden, float *columns) {
+    for (int64_t block = 0; block < length; block += 16)  // 16 tokens at a time: their rows stay in L1
+        for (int64_t k = 0; k < hidden; k++)
+#pragma GCC unroll 16
+            for (int64_t token = block; token < block + 16; token++) columns[k * length + token] = states[token * hidden + k];
+    for (int64_t first = 0; first < candidates; first += RECHECK_TERMS) {
+        const float *rows[RECHECK_TERMS];
+        for (int j = 0; j < RECHECK_TERMS; j++)  // a last group of fewer terms repeats its last one
+            rows[j] = weight + terms[first + j < candidates ? first + j : candidates - 1] * hidden;
+        __m512 maxima[RECHECK_TERMS];
+        __mmask16 not_a_number[RECHECK_TERMS] = {0};
+#pragma GCC unroll 8
+        for (int j = 0; j < RECHECK_TERMS; j++) maxima[j] = _mm512_set1_ps(-INFINITY);
+        for (int64_t token = 0; token < length; token += 32) {
+            __m512 sums[RECHECK_TERMS][2];
+#pragma GCC unroll 8
+            for (int j = 0; j < RECHECK_TERMS; j++) sums[j][0] = sums[j][1] = _mm512_setzero_ps();
+            for (int64_t k = 0; k < hidden; k++) {
+                const __m512 low = _mm512_loadu_ps(columns + k * length + token);
+                const __m512 high = _mm512_loadu_ps(columns + k * length + token + 16);
+#pragma GCC unroll 8
+                for (int j = 0; j < RECHECK_TERMS; j++) {
+                    const __m512 w = _mm512_set1_ps(rows[j][k]);
+                    sums[j][0] = _mm512_fmadd_ps(w, low, sums[j][0]);
+                    sums[j][1] = _mm512_fmadd_ps(w, high, sums[j][1]);
+                }
+            }
+#pragma GCC unroll 8
+            for (int j = 0; j < RECHECK_TERMS; j++) {
+                not_a_number[j] |= _mm512_cmp_ps_mask(sums[j][0], sums[j][0], _CMP_UNORD_Q)
+                                 | _mm512_cmp_ps_mask(sums[j][1], sums[j][1], _CMP_UNORD_Q);
+                maxima[j] = _mm512_max_ps(maxima[j], _mm512_max_ps(sums[j][0], sums[j][1]));
+            }
+        }
+        for (int j = 0; j < RECHECK_TERMS && first + j < candidates; j++)
+            out[first + j] = not_a_number[j] ? NAN : _mm512_reduce_max_ps(maxima[j]);
+    }
+}
+
+// starts: [documents + 1] offsets of each document's candidates in terms and out.
+void max_dots(const float *states, const float *weight, const int64_t *starts, const int64_t *terms, float *out,
+              int64_t documents, int64_t length, int64_t hidden) {
+#pragma omp parallel
+    {
+        float *columns = aligned_alloc(64, (size_t)(length * hidden * sizeof(float) + 63) / 64 * 64);
+#pragma omp for schedule(dynamic)
+        for (int64_t document = 0; document < documents; document++)
+            max_dots_of_document(states + document * length * hidden, weight, terms + starts[document],
+                                 out + starts[document], starts[document + 1] - starts[document], length, hidden, columns);
+        free(columns);
     }
 }

@@ -3,7 +3,9 @@ with the system's C compiler on first use, cached, and called through ctypes.
 
 oneDNN's bf16 GEMM writes the [tokens x terms] logits out and a second pass max-pools them; the kernel
 max-pools each 32 x 32 tile of logits as it leaves the tile registers, so the logits never reach memory
-(~3x the torch screen's rate on our 2-core machine, `make bench`). Its OpenMP threads share the terms; built
+(~3x the torch screen's rate on our 2-core machine, `make bench`); it computes the tiles of the next 32 tokens
+while max-pooling the last ones. The same library rechecks the screen's candidates in fp32 (`max_dots`,
+AVX-512). Its OpenMP threads share the terms (the documents, in the recheck); built
 with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
 pool (torch.set_num_threads) rather than fighting a second pool for the cores.
 
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("amx_max_pool.c")
-FLAGS = ["-O2", "-mavx512f", "-mamx-tile", "-mamx-bf16", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mamx-tile", "-mamx-bf16", "-fopenmp", "-shared", "-fPIC"]
 TILE = 32  # tokens, hidden entries and terms per step of the kernel
 # Terms per block: the block's packed weights (terms x hidden bf16) stay in a core's L2 while documents pass.
 BLOCK_BYTES = 512 * 1024
@@ -80,6 +82,10 @@ def load() -> ctypes.CDLL | None:
         return None
     library.amx_max_pool.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
     library.amx_max_pool.restype = None
+    library.max_dots.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
+    library.max_dots.restype = None
+    library.rounded_with_norms.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+    library.rounded_with_norms.restype = None
     return library
 
 
@@ -117,3 +123,31 @@ class AmxScreen:
                                   *(slack.data_ptr() for slack in self.slacks), *(scale.data_ptr() for scale in scales),
                                   out.data_ptr(), documents, length, self.hidden, out.shape[1], self.block_terms)
         return out[:, : self.vocab_size]
+
+
+def rounded_with_norms(library: ctypes.CDLL, states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """fp32 states [documents, length, hidden] as bf16 (torch's rounding), and per document the largest token
+    norm of the states, of their rounding residual and of the rounded states ([documents] each, all NaN where
+    a norm is NaN): the screen's inputs, in one pass instead of six torch ones."""
+    states = states.float().contiguous()
+    low, norms = torch.empty(states.shape, dtype=torch.bfloat16), torch.empty(states.shape[0], 3)
+    library.rounded_with_norms(states.data_ptr(), low.data_ptr(), norms.data_ptr(), *states.shape)
+    return low, *norms.unbind(dim=1)
+
+
+def max_dots(library: ctypes.CDLL, states: torch.Tensor, weight: torch.Tensor, documents: torch.Tensor,
+             terms: torch.Tensor) -> torch.Tensor:
+    """The screen's exact recheck: for each candidate (document, term), given in document order, the fp32
+    max over the document's tokens of token . weight[term], NaN where one is NaN. fp32 states [documents,
+    length, hidden] (length a multiple of 32) and weight [vocabulary, hidden]; its sums and maxima stay in
+    registers (about 3x torch's bmm, which writes every [terms x tokens] product out)."""
+    count, length, hidden = states.shape
+    if length % TILE:
+        raise ValueError(f"the recheck kernel takes documents of a multiple of {TILE} tokens, not {length}")
+    starts = torch.zeros(count + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(documents, minlength=count), 0, out=starts[1:])
+    states, weight, terms = states.float().contiguous(), weight.float().contiguous(), terms.to(torch.int64).contiguous()
+    out = torch.empty(terms.numel())
+    library.max_dots(states.data_ptr(), weight.data_ptr(), starts.data_ptr(), terms.data_ptr(), out.data_ptr(),
+                     count, length, hidden)
+    return out

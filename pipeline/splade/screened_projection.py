@@ -13,7 +13,7 @@ multiply-adds per token, ~90 % of encoding. A document has a few hundred positiv
    document's tokens): the output equals the fp32 computation, and every other weight is exactly 0.
 
 On a CPU with AMX the screen is a fused C kernel (`amx_max_pool`) that max-pools each tile of logits
-as it leaves the tile registers and adds the bound in the same pass. Its output stays fp32 and it knows
+as it leaves the tile registers and adds the bound in the same pass; the recheck is fused too (`max_dots`). Its output stays fp32 and it knows
 each rounding residual r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15
 candidates per positive weight on SciFact, against ~1.75 for the worst-case bound above.
 
@@ -138,7 +138,7 @@ class ScreenedProjection:
         self.screen_bias = self.bias + hidden * FLUSHED * (1 + norms)
         on_amx = amx and device.type == "cpu" and self.dtype == torch.bfloat16 and {"amx_tile", "amx_bf16"} <= cpu_flags()
         library = amx_max_pool.load() if on_amx else None
-        self.amx = None
+        self.amx, self.kernels = None, library
         if library:
             rounded = weight.to(torch.bfloat16)
             residual_norms = (weight - rounded.float()).norm(dim=1)
@@ -168,14 +168,12 @@ class ScreenedProjection:
 
     def screen(self, states: torch.Tensor) -> torch.Tensor:
         """An upper bound of each (document, term) max logit + bias (+inf where the torch screen saw a positive one)."""
-        if self.amx is not None:
-            states = _length_padded(states)  # the kernel's tiles take 32 tokens (a copy of one changes no max)
-        low, norms = states.to(self.dtype), states.norm(dim=2).amax(dim=1)
         if self.amx is not None:  # the bound of `accumulation_factor`, from each document's largest norms
-            rounded = low.float()
-            residual = (states - rounded).norm(dim=2).amax(dim=1)
-            upper = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded.norm(dim=2).amax(dim=1)))
+            # The kernel's tiles take 32 tokens (a copy of one changes no max).
+            low, norms, residual, rounded = amx_max_pool.rounded_with_norms(self.kernels, _length_padded(states))
+            upper = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded))
         else:
+            low, norms = states.to(self.dtype), states.norm(dim=2).amax(dim=1)
             upper = self.tiled_max(low) + self.screen_bias + norms[:, None] * self.bound[None, :]
         upper[~torch.isfinite(norms)] = torch.inf  # NaN or Inf states: every weight is rechecked, and not finite
         return upper
@@ -201,9 +199,11 @@ class ScreenedProjection:
 
     def recheck(self, states: torch.Tensor, documents: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
         """fp32 max logit + bias of each (document, term) pair, pairs given in document order."""
-        counts = torch.bincount(documents, minlength=states.shape[0])
         if terms.numel() == 0:
             return torch.zeros(0, device=states.device)
+        if self.kernels is not None:  # where the AMX screen runs, its C source's fused recheck
+            return amx_max_pool.max_dots(self.kernels, states, self.weight, documents, terms) + self.bias[terms]
+        counts = torch.bincount(documents, minlength=states.shape[0])
         width = int(counts.max())
         # Each document's terms, padded to `width` with term 0 (computed, then dropped).
         offsets = torch.cumsum(counts, 0) - counts
