@@ -45,7 +45,7 @@ def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, 
 
 @needs_amx
 @pytest.mark.parametrize(("length", "hidden", "density"), [(32, 128, 0.3), (96, 40, 0.05), (64, 7, 1.0)],
-                         ids=["one-block", "ragged-terms", "every-term"])
+                         ids=["one-block", "odd-shapes", "every-term"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, density, threads):
     """Groups of 8 terms with a shorter last one, documents with no candidate, and a NaN that must stay."""
@@ -78,7 +78,7 @@ def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
     states[0, 0, 1] = 1 + 3 * 2**-8  # a tie: to even, 1 + 2^-6
     states[3, 5, hidden - 1] = torch.nan
     low, norms, residual, rounded = amx_max_pool.rounded_with_norms(amx_max_pool.load(), states)
-    number = ~states.isnan()  # a NaN stays NaN, its bits aside
+    number = ~states.isnan()  # torch's NaN stays NaN, its bits aside
     assert torch.equal(low[number].view(torch.int16), states[number].bfloat16().view(torch.int16))
     assert low[~number].isnan().all()
     back = low.float()

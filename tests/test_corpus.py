@@ -118,6 +118,12 @@ def test_query_sets_share_one_encoding_and_index_of_their_corpus(model_path, tmp
         search(tmp_path / "lucene", tmp_path / "other.trec", "corpus-test/other", queries=tmp_path / "queries" / "a.jsonl")
     with pytest.raises(data.DataError, match=r"a.jsonl: encoded queries of dataset 'corpus-test/a', not of 'corpus-test/b'"):
         search(tmp_path / "lucene", tmp_path / "b.trec", "corpus-test/b", queries=tmp_path / "queries" / "a.jsonl")
+    # The dataset's own queries: its corpus is read from their record, and the index still refused.
+    other = tmp_path / "other.jsonl"
+    encode(model_path, queries={"corpus-test/other": other}, batch_size=4)
+    assert json.loads(other.with_name("other.jsonl.json").read_text())["corpus"] == "corpus-test/other"
+    with pytest.raises(data.DataError, match=r"lucene: an index of corpus 'corpus-test', not of 'corpus-test/other'"):
+        search(tmp_path / "lucene", tmp_path / "other.trec", "corpus-test/other", queries=other)
 
 
 # Local corpus files: every document of DOCS, in each format (BEIR joins title and text, as written here).

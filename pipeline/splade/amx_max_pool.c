@@ -37,6 +37,15 @@ static void configure_tiles(void) {
     _tile_loadconfig(&config);
 }
 
+// The max over a block's 32 tokens of its stored logits (4 tiles: 2 x 16 tokens by 2 x 16 terms), into the
+// running maxima of its 2 x 16 terms.
+static inline void max_pool_block(float (*block)[16][16], __m512 *max0, __m512 *max1) {
+    for (int row = 0; row < 16; row++) {
+        *max0 = _mm512_max_ps(*max0, _mm512_max_ps(_mm512_load_ps(block[0][row]), _mm512_load_ps(block[1][row])));
+        *max1 = _mm512_max_ps(*max1, _mm512_max_ps(_mm512_load_ps(block[2][row]), _mm512_load_ps(block[3][row])));
+    }
+}
+
 // One thread's share: columns [first_term, last_term) of out, multiples of 32, in blocks of block_terms
 // terms whose weights stay in the core's L2 while every document passes. The logits of 32 tokens are stored
 // in one half of `results` and max-pooled once the next 32 tokens' products are under way (~10 % faster
@@ -54,11 +63,8 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
                 const uint16_t *weight0 = packed + (term / 16) * chunks * weight_tile;
                 const uint16_t *weight1 = weight0 + chunks * weight_tile;
                 __m512 max0 = _mm512_set1_ps(-INFINITY), max1 = max0;
-                // The logits of a block of tokens are max-pooled while the tiles compute the next block's.
-                int pending = 0;
                 for (int64_t token = 0; token < length; token += 32) {
                     const uint16_t *rows = first_token + token * hidden;
-                    float (*stored)[16][16] = results[token / 32 % 2];
                     _tile_zero(4);
                     _tile_zero(5);
                     _tile_zero(6);
@@ -73,26 +79,14 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
                         _tile_dpbf16ps(6, 0, 3);
                         _tile_dpbf16ps(7, 1, 3);
                     }
-                    if (pending) {
-                        float (*previous)[16][16] = results[(token / 32 + 1) % 2];
-                        for (int row = 0; row < 16; row++) {
-                            max0 = _mm512_max_ps(max0, _mm512_max_ps(_mm512_load_ps(previous[0][row]), _mm512_load_ps(previous[1][row])));
-                            max1 = _mm512_max_ps(max1, _mm512_max_ps(_mm512_load_ps(previous[2][row]), _mm512_load_ps(previous[3][row])));
-                        }
-                    }
+                    if (token > 0) max_pool_block(results[(token / 32 + 1) % 2], &max0, &max1);  // the previous block
+                    float (*stored)[16][16] = results[token / 32 % 2];
                     _tile_stored(4, stored[0], 64);
                     _tile_stored(5, stored[1], 64);
                     _tile_stored(6, stored[2], 64);
                     _tile_stored(7, stored[3], 64);
-                    pending = 1;
                 }
-                {
-                    float (*last)[16][16] = results[(length / 32 + 1) % 2];
-                    for (int row = 0; row < 16; row++) {
-                        max0 = _mm512_max_ps(max0, _mm512_max_ps(_mm512_load_ps(last[0][row]), _mm512_load_ps(last[1][row])));
-                        max1 = _mm512_max_ps(max1, _mm512_max_ps(_mm512_load_ps(last[2][row]), _mm512_load_ps(last[3][row])));
-                    }
-                }
+                if (length > 0) max_pool_block(results[(length / 32 + 1) % 2], &max0, &max1);  // the last block
                 const __m512 a = _mm512_set1_ps(scale_a[document]), b = _mm512_set1_ps(scale_b[document]);
                 max0 = _mm512_add_ps(max0, _mm512_loadu_ps(bias + term));
                 max1 = _mm512_add_ps(max1, _mm512_loadu_ps(bias + term + 16));
@@ -123,8 +117,9 @@ void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *b
 }
 
 // The screen's inputs in one pass over fp32 states [documents, length, hidden]: low = bf16(states), rounded to
-// nearest even as torch rounds, and per document the largest token norm of states, of the rounding residual
-// states - low, and of low (norms [documents, 3]); NaN as the first where a token's norm is NaN.
+// nearest even as torch rounds (a NaN may come out as another NaN, a zero or an infinity: its document's norms
+// are NaN, so each of its weights is rechecked), and per document the largest token norm of states, of the
+// rounding residual states - low, and of low (norms [documents, 3]; all three NaN where a token's norm is).
 void rounded_with_norms(const float *states, uint16_t *low, float *norms, int64_t documents, int64_t length,
                         int64_t hidden) {
     const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
@@ -205,16 +200,25 @@ static void max_dots_of_document(const float *states, const float *weight, const
     }
 }
 
-// starts: [documents + 1] offsets of each document's candidates in terms and out.
-void max_dots(const float *states, const float *weight, const int64_t *starts, const int64_t *terms, float *out,
-              int64_t documents, int64_t length, int64_t hidden) {
+// starts: [documents + 1] offsets of each document's candidates in terms and out. Returns 0, or -1 where a
+// thread's buffer could not be allocated (out then incomplete).
+int max_dots(const float *states, const float *weight, const int64_t *starts, const int64_t *terms, float *out,
+             int64_t documents, int64_t length, int64_t hidden) {
+    int failed = 0;
 #pragma omp parallel
     {
         float *columns = aligned_alloc(64, (size_t)(length * hidden * sizeof(float) + 63) / 64 * 64);
+        if (columns == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(dynamic)
         for (int64_t document = 0; document < documents; document++)
-            max_dots_of_document(states + document * length * hidden, weight, terms + starts[document],
-                                 out + starts[document], starts[document + 1] - starts[document], length, hidden, columns);
+            if (columns != NULL)
+                max_dots_of_document(states + document * length * hidden, weight, terms + starts[document],
+                                     out + starts[document], starts[document + 1] - starts[document], length, hidden,
+                                     columns);
         free(columns);
     }
+    return failed ? -1 : 0;
 }

@@ -83,7 +83,7 @@ def load() -> ctypes.CDLL | None:
     library.amx_max_pool.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
     library.amx_max_pool.restype = None
     library.max_dots.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
-    library.max_dots.restype = None
+    library.max_dots.restype = ctypes.c_int
     library.rounded_with_norms.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
     library.rounded_with_norms.restype = None
     return library
@@ -140,14 +140,16 @@ def max_dots(library: ctypes.CDLL, states: torch.Tensor, weight: torch.Tensor, d
     """The screen's exact recheck: for each candidate (document, term), given in document order, the fp32
     max over the document's tokens of token . weight[term], NaN where one is NaN. fp32 states [documents,
     length, hidden] (length a multiple of 32) and weight [vocabulary, hidden]; its sums and maxima stay in
-    registers (about 3x torch's bmm, which writes every [terms x tokens] product out)."""
+    registers (~1.5x torch's bmm, which writes every [terms x tokens] product out)."""
     count, length, hidden = states.shape
-    if length % TILE:
-        raise ValueError(f"the recheck kernel takes documents of a multiple of {TILE} tokens, not {length}")
+    if length % TILE or weight.shape[1] != hidden:
+        raise ValueError(f"the recheck kernel takes documents of a multiple of {TILE} tokens and a weight of their "
+                         f"hidden size, not {length} tokens of {hidden} and a weight of {weight.shape[1]}")
     starts = torch.zeros(count + 1, dtype=torch.int64)
     torch.cumsum(torch.bincount(documents, minlength=count), 0, out=starts[1:])
     states, weight, terms = states.float().contiguous(), weight.float().contiguous(), terms.to(torch.int64).contiguous()
     out = torch.empty(terms.numel())
-    library.max_dots(states.data_ptr(), weight.data_ptr(), starts.data_ptr(), terms.data_ptr(), out.data_ptr(),
-                     count, length, hidden)
+    if library.max_dots(states.data_ptr(), weight.data_ptr(), starts.data_ptr(), terms.data_ptr(), out.data_ptr(),
+                        count, length, hidden):
+        raise MemoryError(f"the recheck kernel could not allocate {length} x {hidden} floats per thread")
     return out

@@ -11,6 +11,8 @@ multiply-adds per token, ~90 % of encoding. A document has a few hundred positiv
    a pair is a candidate when its screened max plus that bound plus b_v is above zero;
 3. recheck: each candidate's max logit is computed again in fp32 (a few hundred terms x the
    document's tokens): the output equals the fp32 computation, and every other weight is exactly 0.
+   (fp32 sums in another order than torch's GEMM: the last bit may differ, which a quantized weight
+   shows only when it lies that close to a rounding boundary; `make bench` counts such entries.)
 
 On a CPU with AMX the screen is a fused C kernel (`amx_max_pool`) that max-pools each tile of logits
 as it leaves the tile registers and adds the bound in the same pass; the recheck is fused too (`max_dots`). Its output stays fp32 and it knows
