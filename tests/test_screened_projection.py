@@ -91,6 +91,18 @@ def test_real_model_weights_equal_the_plain_fp32_computation(encoder):
     assert (ours > 0).sum(dim=1).min() > 10
 
 
+@pytest.mark.parametrize("amx", [True, False], ids=["amx-kernel-if-any", "torch-screen"])
+def test_left_padding_is_never_pooled(amx):
+    """A tokenizer that pads on the left puts padding first: padding positions take a copy of the first
+    *real* token, so the weights are the masked max (they took the padding's own state before)."""
+    states, mask, weight, bias = random_case(6, length=12)
+    left = torch.stack([row.roll(int(row.sum()) - len(row)) for row in mask])  # each row's real tokens last
+    states_left = torch.stack([document.roll(int(row.sum()) - len(row), dims=0) for document, row in zip(states, mask)])
+    assert (left[:, 0] == 0).any() and torch.equal(left.sum(dim=1), mask.sum(dim=1))
+    ours = ScreenedProjection(weight, bias, amx=amx)(states_left + 100 * (1 - left).unsqueeze(-1), left)
+    torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
+
+
 def test_screening_dtype_follows_the_cpu():
     from pipeline.splade.screened_projection import cpu_flags
 

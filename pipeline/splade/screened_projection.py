@@ -177,7 +177,8 @@ class ScreenedProjection:
         else:
             low, norms = states.to(self.dtype), states.norm(dim=2).amax(dim=1)
             upper = self.tiled_max(low) + self.screen_bias + norms[:, None] * self.bound[None, :]
-        upper[~torch.isfinite(norms)] = torch.inf  # NaN or Inf states: every weight is rechecked, and not finite
+        if not (finite := torch.isfinite(norms)).all():  # NaN or Inf states: every weight is rechecked, and not finite
+            upper[~finite] = torch.inf
         return upper
 
     def tiled_max(self, low: torch.Tensor) -> torch.Tensor:
@@ -227,11 +228,13 @@ class ScreenedProjection:
 
 
 def _padding_as_first_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Padding positions take a copy of the document's first token: a max over all positions is then
-    the max over real tokens, with no masking in the tiles. The length is padded to a multiple of
-    LENGTH_MULTIPLE the same way, so that a corpus meets a few tile shapes (oneDNN compiles a kernel
-    for each new shape, ~25 ms here) instead of one per length."""
-    return _length_padded(torch.where(mask.unsqueeze(-1), states, states[:, :1]))
+    """Padding positions take a copy of the document's first real token (the first position, unless the
+    tokenizer pads on the left): a max over all positions is then the max over real tokens, with no
+    masking in the tiles. The length is padded to a multiple of LENGTH_MULTIPLE the same way, so that a
+    corpus meets a few tile shapes (oneDNN compiles a kernel for each new shape, ~25 ms here) instead of
+    one per length."""
+    first_real = states[torch.arange(states.shape[0], device=states.device), mask.int().argmax(dim=1)]
+    return _length_padded(torch.where(mask.unsqueeze(-1), states, first_real.unsqueeze(1)))
 
 
 def _length_padded(states: torch.Tensor) -> torch.Tensor:
