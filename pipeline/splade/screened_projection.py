@@ -233,6 +233,8 @@ def _padding_as_first_token(states: torch.Tensor, mask: torch.Tensor) -> torch.T
     masking in the tiles. The length is padded to a multiple of LENGTH_MULTIPLE the same way, so that a
     corpus meets a few tile shapes (oneDNN compiles a kernel for each new shape, ~25 ms here) instead of
     one per length."""
+    if mask.all():  # no padding (a batch of documents cut at the maximum length): no copy
+        return _length_padded(states)
     first_real = states[torch.arange(states.shape[0], device=states.device), mask.int().argmax(dim=1)]
     return _length_padded(torch.where(mask.unsqueeze(-1), states, first_real.unsqueeze(1)))
 
