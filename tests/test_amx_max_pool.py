@@ -88,6 +88,24 @@ def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
 
 
 @needs_amx
+@pytest.mark.parametrize("vocab", [30522, 16, 7])
+def test_positive_pairs_are_torchs_nonzero(vocab):
+    """Row-major pairs of the entries above zero, in a view with padded rows (as the kernel's output is read);
+    NaN is not above zero, +inf is; a ragged last group of 16 terms."""
+    generator = torch.Generator().manual_seed(vocab)
+    padded = torch.randn(5, vocab + 9, generator=generator) - 2
+    upper = padded[:, :vocab]
+    upper[1] = torch.nan
+    upper[2] = torch.inf
+    upper[3, vocab - 1] = 1.0
+    upper[4] = -1.0
+    documents, terms = amx_max_pool.positive_pairs(amx_max_pool.load(), upper)
+    expected = (upper > 0).nonzero(as_tuple=True)
+    assert torch.equal(documents, expected[0]) and torch.equal(terms, expected[1])
+    assert (documents == 2).sum() == vocab and not (documents == 4).any()
+
+
+@needs_amx
 def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
     screen = amx_max_pool.AmxScreen(amx_max_pool.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32),
                                     (torch.zeros(32), torch.zeros(32)))

@@ -84,6 +84,8 @@ def load() -> ctypes.CDLL | None:
     library.amx_max_pool.restype = None
     library.max_dots.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
     library.max_dots.restype = ctypes.c_int
+    library.positive_pairs.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
+    library.positive_pairs.restype = ctypes.c_int64
     library.rounded_with_norms.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
     library.rounded_with_norms.restype = None
     return library
@@ -123,6 +125,17 @@ class AmxScreen:
                                   *(slack.data_ptr() for slack in self.slacks), *(scale.data_ptr() for scale in scales),
                                   out.data_ptr(), documents, length, self.hidden, out.shape[1], self.block_terms)
         return out[:, : self.vocab_size]
+
+
+def positive_pairs(library: ctypes.CDLL, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(documents, terms) of the positive entries of fp32 `upper` [documents, vocabulary] (rows contiguous),
+    in row-major order: `(upper > 0).nonzero(as_tuple=True)` in one pass (~3x faster)."""
+    if upper.dtype != torch.float32 or upper.stride(1) != 1:
+        raise ValueError("positive_pairs takes fp32 rows with contiguous entries")
+    pairs = torch.empty(2, upper.numel(), dtype=torch.int64)  # room for every entry: pages touched only as written
+    count = library.positive_pairs(upper.data_ptr(), upper.shape[0], upper.stride(0), upper.shape[1],
+                                   pairs[0].data_ptr(), pairs[1].data_ptr())
+    return pairs[0, :count], pairs[1, :count]
 
 
 def rounded_with_norms(library: ctypes.CDLL, states: torch.Tensor) -> tuple[torch.Tensor, ...]:

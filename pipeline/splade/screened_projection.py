@@ -163,7 +163,8 @@ class ScreenedProjection:
         states = _padding_as_first_token(states.float(), mask.bool())
         with _fp32_matmuls():
             upper = self.screen(states)
-            documents, terms = (upper > 0).nonzero(as_tuple=True)
+            documents, terms = (amx_max_pool.positive_pairs(self.kernels, upper) if self.kernels is not None
+                                else (upper > 0).nonzero(as_tuple=True))
             weights = torch.log1p(torch.relu(self.recheck(states, documents, terms)))
         kept = weights != 0  # NaN stays, for the caller to refuse
         return SparseWeights(documents[kept], terms[kept], weights[kept], (states.shape[0], self.vocab_size))
