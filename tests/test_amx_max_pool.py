@@ -94,7 +94,9 @@ def test_positive_pairs_are_torchs_nonzero(vocab):
     NaN is not above zero, +inf is; a ragged last group of 16 terms."""
     generator = torch.Generator().manual_seed(vocab)
     padded = torch.randn(5, vocab + 9, generator=generator) - 2
+    padded[:, vocab:] = 1.0  # beyond the view: never read
     upper = padded[:, :vocab]
+    upper[0, :2] = torch.tensor([0.0, -0.0])  # not above zero
     upper[1] = torch.nan
     upper[2] = torch.inf
     upper[3, vocab - 1] = 1.0

@@ -96,9 +96,11 @@ def test_left_padding_is_never_pooled(amx):
     """A tokenizer that pads on the left puts padding first: padding positions take a copy of the first
     *real* token, so the weights are the masked max (they took the padding's own state before)."""
     states, mask, weight, bias = random_case(6, length=12)
-    left = torch.stack([row.roll(int(row.sum()) - len(row)) for row in mask])  # each row's real tokens last
-    states_left = torch.stack([document.roll(int(row.sum()) - len(row), dims=0) for document, row in zip(states, mask)])
-    assert (left[:, 0] == 0).any() and torch.equal(left.sum(dim=1), mask.sum(dim=1))
+    mask[0] = 1  # a document without padding beside the padded ones
+    left = torch.stack([row.roll(len(row) - int(row.sum())) for row in mask])  # each row's real tokens last
+    states_left = torch.stack([document.roll(len(row) - int(row.sum()), dims=0) for document, row in zip(states, mask)])
+    assert all(torch.equal(row, torch.arange(len(row)) >= len(row) - row.sum()) for row in left)
+    assert (left[:, 0] == 0).sum() == len(left) - 1
     ours = ScreenedProjection(weight, bias, amx=amx)(states_left + 100 * (1 - left).unsqueeze(-1), left)
     torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
 
