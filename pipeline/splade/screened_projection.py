@@ -15,9 +15,10 @@ multiply-adds per token, ~90 % of encoding. A document has a few hundred positiv
    shows only when it lies that close to a rounding boundary; `make bench` counts such entries.)
 
 On a CPU with AMX the screen is a fused C kernel (`amx_max_pool`) that max-pools each tile of logits
-as it leaves the tile registers and adds the bound in the same pass; the recheck is fused too (`max_dots`). Its output stays fp32 and it knows
-each rounding residual r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15
-candidates per positive weight on SciFact, against ~1.75 for the worst-case bound above.
+as it leaves the tile registers and adds the bound in the same pass (the steps around it, and the
+recheck, are C passes of the same source). Its output stays fp32 and it knows each rounding residual
+r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15 candidates per positive weight
+on SciFact, against ~1.75 for the worst-case bound above.
 
 Elsewhere the screen is torch's GEMM, tile by tile, and the max-pool of a tile reads its bf16 bits as
 int16, which a CPU reduces ~7x faster than bf16. Integer order is float order for non-negative floats
