@@ -135,3 +135,18 @@ def test_states_that_are_not_finite_give_weights_that_are_not(encoder):
     assert sparse.values[sparse.documents == 1].isnan().all() and sparse.values[sparse.documents != 1].isfinite().all()
     with pytest.raises(PipelineError, match="not finite"):
         quantized_entries(sparse, 100)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_bias_far_below_the_products_keeps_the_torch_screen_selective(dtype):
+    """Products h.w mostly positive and the sparsity from a large negative bias alone (a random-init MLM made
+    sparse): the torch screen's candidates stay close to the positive weights. (With the bias added after
+    the max, every pair whose products were positive on one token was a candidate.)"""
+    states, _, weight, _ = random_case(2, documents=8, length=16, hidden=64, vocab=4000)
+    mask = torch.ones(states.shape[:2], dtype=torch.long)
+    products = (states.double() @ weight.double().T).amax(dim=1)
+    bias = torch.full((weight.shape[0],), -products.flatten().quantile(0.98).item())
+    projection = ScreenedProjection(weight, bias, dtype=dtype, amx=False)
+    candidates, positives = int((projection.screen(states) > 0).sum()), int((products + bias > 0).sum())
+    assert 0 < positives <= candidates <= 2 * positives
+    torch.testing.assert_close(projection(states, mask).double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)

@@ -20,8 +20,8 @@ recheck, are C passes of the same source). Its output stays fp32 and it knows ea
 r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15 candidates per positive weight
 on SciFact, against ~1.75 for the worst-case bound above.
 
-Elsewhere the screen is torch's GEMM, tile by tile, and the max-pool of a tile reads its bf16 bits as
-int16, which a CPU reduces ~7x faster than bf16. Integer order is float order for non-negative floats
+Elsewhere the screen is torch's GEMM, tile by tile, with the bias as one more column of the product,
+and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16. Integer order is float order for non-negative floats
 only, and most logits are negative, so the tile is computed with -w: where every token's -logit is >= 0,
 the integer minimum is the float minimum and gives the max logit; where one is negative, a logit is
 positive and the pair is a candidate anyway. Where bf16 is not faster than fp32 (no AMX or
@@ -137,19 +137,27 @@ class ScreenedProjection:
         self.tiling = tiling or (CUDA_TILING if device.type == "cuda" else CPU_TILING)
         self.weight = weight
         self.bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.detach().float()
-        hidden, norms = weight.shape[1], weight.norm(dim=1)
-        self.screen_bias = self.bias + hidden * FLUSHED * (1 + norms)
         on_amx = amx and device.type == "cpu" and self.dtype == torch.bfloat16 and {"amx_tile", "amx_bf16"} <= cpu_flags()
         library = amx_max_pool.load() if on_amx else None
         self.amx, self.kernels = None, library
         if library:
+            hidden, norms = weight.shape[1], weight.norm(dim=1)
             rounded = weight.to(torch.bfloat16)
             residual_norms = (weight - rounded.float()).norm(dim=1)
-            self.amx = amx_max_pool.AmxScreen(library, rounded, self.screen_bias,
+            self.amx = amx_max_pool.AmxScreen(library, rounded, self.bias + hidden * FLUSHED * (1 + norms),
                                               (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)))
         else:
-            self.negated = (-weight).to(self.dtype)  # negation is exact: the bound holds for -w as for w
-            self.bound = error_factor(self.dtype, hidden) * norms + hidden * FLUSHED  # times the token's norm
+            # The bias rides in the product as one more column, [h, 1] . [w, b] = h.w + b: the tile's logits
+            # are then negative nearly everywhere, as its integer reading needs, however a model splits
+            # them between h.w and b (a large negative b with h.w > 0 would make every pair a candidate).
+            # Zero columns keep the width a multiple of 8, as tensor cores want.
+            # Its error is bounded apart: eps * (sum |h_i w_i| + |b|) <= eps * (||h|| ||w|| + |b|).
+            hidden = weight.shape[1]
+            augmented = torch.cat([weight, self.bias[:, None], weight.new_zeros(weight.shape[0], 7 - hidden % 8)], dim=1)
+            columns, factor = augmented.shape[1], error_factor(self.dtype, augmented.shape[1])
+            self.negated = (-augmented).to(self.dtype)  # negation is exact: the bound holds for -w as for w
+            self.bound = factor * weight.norm(dim=1) + columns * FLUSHED  # times the token's norm
+            self.fixed_bound = factor * self.bias.abs() + columns * FLUSHED * (1 + augmented.norm(dim=1))
 
     @property
     def vocab_size(self) -> int:
@@ -162,7 +170,7 @@ class ScreenedProjection:
     def sparse(self, states: torch.Tensor, mask: torch.Tensor) -> SparseWeights:
         """The positive weights alone: what an index stores, without [documents, vocabulary] passes."""
         states = _padding_as_first_token(states.float(), mask.bool())
-        with _fp32_matmuls():
+        with fp32_matmuls():
             upper = self.screen(states)
             documents, terms = (amx_max_pool.positive_pairs(self.kernels, upper) if self.kernels is not None
                                 else (upper > 0).nonzero(as_tuple=True))
@@ -176,9 +184,11 @@ class ScreenedProjection:
             # The kernel's tiles take 32 tokens (a copy of one changes no max).
             low, norms, residual, rounded = amx_max_pool.rounded_with_norms(self.kernels, _length_padded(states))
             upper = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded))
-        else:
-            low, norms = states.to(self.dtype), states.norm(dim=2).amax(dim=1)
-            upper = self.tiled_max(low) + self.screen_bias + norms[:, None] * self.bound[None, :]
+        else:  # the bound of `error_factor`, on [h, 1, 0...] . [w, b, 0...]
+            low = states.new_zeros(*states.shape[:2], self.negated.shape[1], dtype=self.dtype)
+            low[..., : states.shape[2]], low[..., states.shape[2]] = states, 1
+            norms = states.norm(dim=2).amax(dim=1)
+            upper = self.tiled_max(low) + self.fixed_bound + norms[:, None] * self.bound[None, :]
         if not (finite := torch.isfinite(norms)).all():  # NaN or Inf states: every weight is rechecked, and not finite
             upper[~finite] = torch.inf
         return upper
@@ -247,7 +257,7 @@ def _length_padded(states: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def _fp32_matmuls():
+def fp32_matmuls():
     """On a GPU the bound needs fp32 accumulation and the recheck true fp32, whatever TF32 or
     reduced-precision-reduction settings the user has on."""
     matmul = torch.backends.cuda.matmul
