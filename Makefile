@@ -11,6 +11,7 @@ MODEL ?= models/splade-tiny
 DATASETS ?= scifact
 THREADS ?= $(shell nproc)
 BATCH_SIZE ?= 32
+BODY_PRECISION ?= fp32
 JAVA_HEAP ?= 4g
 IR_DATASETS_SEED ?= ../shared/ir_datasets
 IR_DATASETS_HOME ?= $(CURDIR)/.cache/ir_datasets
@@ -102,7 +103,7 @@ query_file = indexes/$(2)/$(3)/queries/$(call slug,$(1)).jsonl
 # query set added later encodes its queries alone, the documents being done).
 define CORPUS_MODEL_RULES
 indexes/$(2)/$(4)/encoded/stats.json $(foreach dataset,$(call datasets_of,$(1)),$(call query_file,$(dataset),$(2),$(4))) &: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded $(foreach dataset,$(call datasets_of,$(1)),--queries $(dataset)=$(call query_file,$(dataset),$(2),$(4))) --batch-size $(BATCH_SIZE) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded $(foreach dataset,$(call datasets_of,$(1)),--queries $(dataset)=$(call query_file,$(dataset),$(2),$(4))) --batch-size $(BATCH_SIZE) --body-precision $(BODY_PRECISION) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
 
 indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
 	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)

@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/N: encode only the parts of shard i of N (then run without it to finish)")
     p.add_argument("--fresh", action="store_true", help="delete earlier parts in --out and start again")
     p.add_argument("--device", default=None)
+    p.add_argument("--body-precision", choices=("fp32", "bf16"), default="fp32",
+                   help="the transformer layers' precision; bf16 is faster on a GPU, and its weights differ from fp32's")
     p.add_argument("--accept-collapsed", action="store_true", help="encode with a model whose training collapsed")
 
     p = stages.add_parser("index", help="Lucene impact index of vectors, or BM25 index of a corpus")
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             encode(args.model, args.out, corpus=args.corpus, dataset=args.dataset, queries=dict(args.queries or ()),
                    scale=args.scale, max_doc_length=args.max_doc_length,
                    max_query_length=args.max_query_length, batch_size=args.batch_size, part_size=args.part_size,
-                   shard=args.shard, fresh=args.fresh, device=args.device, accept_collapsed=args.accept_collapsed)
+                   shard=args.shard, fresh=args.fresh, device=args.device, body_precision=args.body_precision,
+                   accept_collapsed=args.accept_collapsed)
         elif args.stage == "index":
             from pipeline.index import index
 

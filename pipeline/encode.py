@@ -210,6 +210,7 @@ def encode(
     shard: str | None = None,
     fresh: bool = False,
     device: str | None = None,
+    body_precision: str = "fp32",
     accept_collapsed: bool = False,
 ) -> dict | None:
     """Encode with SPLADE `model` the documents of `corpus` (`data.load_corpus`) into the folder `out`,
@@ -223,7 +224,9 @@ def encode(
     and finishes. Finishing verifies every part, encodes the dataset's queries (if any) and writes
     `stats.json` last. Returns the documents' stats, with each query file's under "query_files" (None
     for a rank or shard that does not finish).
-    A model whose training collapsed is refused unless `accept_collapsed`."""
+    `body_precision` "bf16" runs the transformer layers in bf16 (`SpladeEncoder`): faster on a GPU, and
+    weights no longer equal to the fp32 model's. A model whose training collapsed is refused unless
+    `accept_collapsed`."""
     if (corpus is not None and dataset is not None) or (corpus is None and dataset is None and not queries):
         raise ValueError("encode takes a corpus or a dataset, and query files, or query files alone")
     if (corpus is not None or dataset is not None) and out is None:
@@ -235,9 +238,11 @@ def encode(
     ranks = join(shard)
     try:
         resolved = torch.device(device) if device else ranks.device
-        encoder = SpladeEncoder.load(model, device=str(resolved))  # a bad model fails before any output
+        # a bad model fails before any output
+        encoder = SpladeEncoder.load(model, device=str(resolved), body_precision=body_precision)
         terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
-        settings = {"model": model, "scale": scale, "max_query_length": max_query_length, "batch_size": batch_size}
+        settings = {"model": model, "scale": scale, "max_query_length": max_query_length, "batch_size": batch_size,
+                    "body_precision": body_precision}
         if ranks.rank == 0:
             for query_file_set, _ in query_files:
                 query_file_set.check()  # before hours of documents
@@ -266,6 +271,8 @@ def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset
         "corpus": documents.name, "corpus_source": _corpus_fingerprint(documents), "model": settings["model"],
         "model_files": _model_fingerprint(settings["model"]), "device": device, "scale": float(scale),
         "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
+        # recorded when not the default, so that outputs made before the option stay valid
+        **({"body_precision": settings["body_precision"]} if settings["body_precision"] != "fp32" else {}),
     })
     if not fresh and store.finished() and (out / "stats.json").is_file():
         log.info("%s: its documents are encoded already (manifest.json, stats.json)", out)
@@ -348,7 +355,8 @@ def _finish(store: PartStore, plan: Plan, corpus: data.Corpus, dataset: data.Dat
             setattr(docs, name, getattr(docs, name) + value)
     stats = {
         "corpus": corpus.name, "model": settings["model"], "scale": settings["scale"], "empty_vector_term": EMPTY_VECTOR_TERM,
-        "max_doc_length": max_doc_length, "parts": len(records), "docs": asdict(docs),
+        "max_doc_length": max_doc_length, "body_precision": settings["body_precision"], "parts": len(records),
+        "docs": asdict(docs),
         "docs_per_second": docs.texts / docs.seconds if docs.seconds else None,
         "mean_terms_per_doc": docs.terms / docs.texts if docs.texts else 0.0,
     }

@@ -5,7 +5,7 @@ import copy
 import torch
 from transformers import AutoModelForMaskedLM
 
-from pipeline.splade.model import Splade
+from pipeline.splade.model import Splade, SpladeEncoder
 
 from test_rescale import TINY
 
@@ -64,3 +64,20 @@ def test_batches_are_what_the_tokenizer_gives(encoder):
             assert torch.equal(batch["attention_mask"], expected["attention_mask"])
             assert truncated == sum(len(ids) > max_length for ids in tokenizer(TEXTS)["input_ids"])
         assert len(ours._backends) == 3 and all(b is not tokenizer.backend_tokenizer for b in ours._backends.values())
+
+
+def test_a_bf16_body_feeds_its_states_to_the_exact_projection(model_path):
+    """--body-precision bf16: the transformer layers under bf16 autocast, and the weights exactly the
+    SPLADE-max of the states they give (close to, not equal to, the fp32 model's)."""
+    fast = SpladeEncoder.load(model_path, device="cpu", body_precision="bf16")
+    exact = SpladeEncoder.load(model_path, device="cpu")
+    batch, _ = fast.tokenize(["a short text", "sparse retrieval with learned term weights, " * 8], 64)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        states = fast.model.hidden_states(batch["input_ids"], batch["attention_mask"])
+    with torch.inference_mode():
+        logits = fast.model.head.decoder(fast.model.head.transform(states.float()))
+        expected = torch.log1p(torch.relu(logits.masked_fill(~batch["attention_mask"].bool()[..., None], -torch.inf).amax(dim=1)))
+    ours = fast.weights(batch)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    fp32 = exact.weights(batch)
+    assert not torch.equal(ours, fp32) and (ours - fp32).abs().max() < 0.5
