@@ -9,8 +9,8 @@
 - the encode stage as a user runs it (`python -m pipeline encode`, model load included) on the dataset
   and on the dataset replicated `replicas` times: wall time and peak RSS (memory must stay flat);
 - training: forward + backward steps/s of a SPLADE batch;
-- GPU (when CUDA is available): ours against sentence-transformers on SPLADE-tiny and a random
-  BERT-base-size MLM (the FLOPs of SPLADE-v3), passages of at most 128 tokens.
+- GPU (when CUDA is available, `pipeline.gpu_bench`): ours against sentence-transformers on SPLADE-tiny
+  and a BERT-base-size SPLADE (the FLOPs of SPLADE-v3), passages of at most 128 tokens.
 """
 
 from __future__ import annotations
@@ -25,25 +25,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline import data, peer_encoders, roofline
+from pipeline import data, gpu_bench, peer_encoders, roofline
 from pipeline.files import atomic_path, write_json
 from pipeline.splade.model import SpladeEncoder
 from pipeline.training import losses
-
-SCALE = 100
-
-
-def compare(ours: peer_encoders.Weights, reference: peer_encoders.Weights) -> dict:
-    """Entries whose quantized weight differs (missing or extra included), and the largest float gap."""
-    differing, largest, entries = 0, 0.0, 0
-    for mine, theirs in zip(ours, reference):
-        for term in mine.keys() | theirs.keys():
-            a, b = mine.get(term, 0.0), theirs.get(term, 0.0)
-            entries += round(b * SCALE) != 0
-            differing += round(a * SCALE) != round(b * SCALE)
-            largest = max(largest, abs(a - b))
-    return {"reference_nonzero_entries": entries, "differing_quantized_entries": differing, "max_float_difference": largest}
-
 
 def projection_rate(model: str, texts: list[str], *, max_length: int, batch_size: int) -> dict:
     """GFLOP/s of our projection, states computed beforehand: the dense projection's FLOPs over the real
@@ -126,25 +111,6 @@ def training_rate(model: str, texts: list[str]) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def gpu_section(model: str, texts: list[str], work: Path) -> dict:
-    """docs/s on the GPU, ours and sentence-transformers, for `model` and a random BERT-base MLM."""
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    base = work / "bert-base-random"
-    if not (base / "config.json").is_file():
-        torch.manual_seed(0)
-        BertForMaskedLM(BertConfig()).save_pretrained(str(base))  # bert-base-uncased's shape
-        AutoTokenizer.from_pretrained(model).save_pretrained(str(base))
-    passages = list(itertools.islice(itertools.cycle(texts), 20_000))
-    section = {"device": torch.cuda.get_device_name(), "passages": len(passages), "max_length": 128}
-    for name, path in (("splade-tiny", model), ("bert-base", str(base))):
-        rates = {peer: peer_encoders.run_isolated(peer, path, passages, max_length=128, batch_size=256,
-                                                  device="cuda")["docs_per_second"]
-                 for peer in ("ours", "sentence-transformers")}
-        section[name] = {**rates, "ratio": rates["ours"] / rates["sentence-transformers"]}
-    return section
-
-
 def bench(model: str, dataset: str, out: Path, markdown: Path, *, docs: int = 1000, replicas: int = 8,
           batch_size: int = 32, max_length: int = 256) -> dict:
     texts = [doc.text for doc in itertools.islice(data.load(dataset).docs(), docs)]
@@ -159,7 +125,7 @@ def bench(model: str, dataset: str, out: Path, markdown: Path, *, docs: int = 10
         print(f"{name:24} {run['docs_per_second']:8.1f} docs/s  peak RSS {run['peak_rss_mb']:6.0f} MB", flush=True)
     ours = results["encoders"]["ours"]["docs_per_second"]
     results["speedup"] = {name: ours / run["docs_per_second"] for name, run in results["encoders"].items() if name != "ours"}
-    results["exactness"] = compare(weights["ours"], weights["reference"])
+    results["exactness"] = peer_encoders.compare(weights["ours"], weights["reference"])
     results["roofline"] = roofline.measure()
     results["projection"] = projection_rate(model, texts, max_length=max_length, batch_size=batch_size)
     for part in ("projection", "screen"):
@@ -171,7 +137,7 @@ def bench(model: str, dataset: str, out: Path, markdown: Path, *, docs: int = 10
     ]
     results["train_steps_per_second_8q_16d_128tok"] = training_rate(model, texts)
     if torch.cuda.is_available():
-        results["gpu"] = gpu_section(model, texts, work)
+        results["gpu"] = gpu_bench.gpu_section(model, texts, work)
     write_json(out, results)
     with atomic_path(markdown) as staging:
         staging.write_text(format_markdown(results))
@@ -210,9 +176,5 @@ def format_markdown(results: dict) -> str:
               for run in results["encode_stage"]]
     lines += ["", f"Training: {results['train_steps_per_second_8q_16d_128tok']:.2f} steps/s (8 queries, 16 docs, 128 tokens)."]
     if "gpu" in results:
-        gpu = results["gpu"]
-        lines += ["", f"GPU {gpu['device']}, {gpu['passages']} passages, max length {gpu['max_length']}:", "",
-                  "| model | ours docs/s | sentence-transformers docs/s | ratio |", "|---|---|---|---|"]
-        lines += [f"| {name} | {gpu[name]['ours']:.0f} | {gpu[name]['sentence-transformers']:.0f} | {gpu[name]['ratio']:.1f}x |"
-                  for name in ("splade-tiny", "bert-base")]
+        lines += ["", *gpu_bench.format_markdown(results["gpu"])]
     return "\n".join(lines) + "\n"

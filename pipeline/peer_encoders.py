@@ -22,6 +22,7 @@ from collections.abc import Callable
 import torch
 
 Weights = list[dict[int, float]]
+SCALE = 100  # the encode stage's quantization, under which weights are compared
 
 
 def _sparse(weights: torch.Tensor) -> Weights:
@@ -36,13 +37,14 @@ def _length_sorted(texts: list[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
 
 
-def encode_ours(model: str, texts: list[str], *, max_length: int, batch_size: int, device: str) -> tuple[float, Weights]:
+def encode_ours(model: str, texts: list[str], *, max_length: int, batch_size: int, device: str,
+                body_precision: str = "fp32") -> tuple[float, Weights]:
     from pipeline import data
     from pipeline.encode import encode_texts, vocabulary_terms
     from pipeline.files import json_line
     from pipeline.splade.model import SpladeEncoder
 
-    encoder = SpladeEncoder.load(model, device=device)
+    encoder = SpladeEncoder.load(model, device=device, body_precision=body_precision)
     terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
     documents = [data.Document(str(i), text) for i, text in enumerate(texts)]
     written = []
@@ -115,8 +117,23 @@ ENCODERS: dict[str, Callable] = {
 def _run(name: str, model: str, texts: list[str], options: dict) -> dict:
     seconds, weights = ENCODERS[name](model, texts, **options)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"encoder": name, "docs": len(texts), "seconds": seconds, "docs_per_second": len(texts) / seconds,
-            "peak_rss_mb": peak_kib / 1024, "weights": weights}
+    run = {"encoder": name, "docs": len(texts), "seconds": seconds, "docs_per_second": len(texts) / seconds,
+           "peak_rss_mb": peak_kib / 1024, "weights": weights}
+    if options["device"] == "cuda":
+        run["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return run
+
+
+def compare(ours: Weights, reference: Weights) -> dict:
+    """Entries whose quantized weight differs (missing or extra included), and the largest float gap."""
+    differing, largest, entries = 0, 0.0, 0
+    for mine, theirs in zip(ours, reference):
+        for term in mine.keys() | theirs.keys():
+            a, b = mine.get(term, 0.0), theirs.get(term, 0.0)
+            entries += round(b * SCALE) != 0
+            differing += round(a * SCALE) != round(b * SCALE)
+            largest = max(largest, abs(a - b))
+    return {"reference_nonzero_entries": entries, "differing_quantized_entries": differing, "max_float_difference": largest}
 
 
 def run_isolated(name: str, model: str, texts: list[str], **options) -> dict:

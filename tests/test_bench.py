@@ -3,7 +3,8 @@ roofline and the flat-memory runs are measured, and the report says so."""
 
 import json
 
-from pipeline.bench import bench, compare, replicated_folder
+from pipeline.bench import bench, replicated_folder
+from pipeline.peer_encoders import compare
 from pipeline.files import count_lines
 
 from conftest import DOCS
