@@ -26,9 +26,9 @@ CPU_VOCAB_SLICE = 512
 # documents of 256 tokens stay closer to the cores than those of 32 (~10 % faster on our 2-core machine,
 # same values: each document's states do not depend on the others in its batch).
 CPU_BODY_TOKENS = 4096
-# The transformer layers' precision. fp32 gives the fp32 model's weights; bf16 (autocast) runs BERT-base's
-# layers ~10x faster on a GPU's tensor cores, and its weights differ from fp32's (`make bench` counts by how
-# much). The projection stays exact on whatever states the layers give.
+# The transformer layers' precision. fp32 gives the fp32 model's weights; bf16 (autocast) runs their GEMMs
+# on a GPU's tensor cores (13x fp32's rate on an H200), and its weights differ from fp32's (`make bench`
+# counts how many). The projection stays exact on whatever states the layers give.
 BODY_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

@@ -21,11 +21,11 @@ r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15 candidat
 on SciFact, against ~1.75 for the worst-case bound above.
 
 Elsewhere the screen is torch's GEMM, tile by tile, with the bias as one more column of the product,
-and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16. Integer order is float order for non-negative floats
-only, and most logits are negative, so the tile is computed with -w: where every token's -logit is >= 0,
-the integer minimum is the float minimum and gives the max logit; where one is negative, a logit is
-positive and the pair is a candidate anyway. Where bf16 is not faster than fp32 (no AMX or
-AVX512-BF16), the same steps run in fp32 (int32 bits).
+and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16.
+Integer order is float order for non-negative floats only, and most logits are negative, so the tile is
+computed with -w: where every token's -logit is >= 0, the integer minimum is the float minimum and gives
+the max logit; where one is negative, a logit is positive and the pair is a candidate anyway. Where
+bf16 is not faster than fp32 (no AMX or AVX512-BF16), the same steps run in fp32 (int32 bits).
 """
 
 from __future__ import annotations
