@@ -4,9 +4,10 @@ with the system's C compiler on first use, cached, and called through ctypes.
 oneDNN's bf16 GEMM writes the [tokens x terms] logits out and a second pass max-pools them; the kernel
 max-pools each 32 x 32 tile of logits as it leaves the tile registers, so the logits never reach memory
 (~3x the torch screen's rate on our 2-core machine, `make bench`); it computes the tiles of the next 32 tokens
-while max-pooling the last ones. The same library rechecks the screen's candidates in fp32 (`max_dots`,
-AVX-512). Its OpenMP threads share the terms (the documents, in the recheck); built
-with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
+while max-pooling the last ones. The same library, in AVX-512, holds the passes around it: the states'
+bf16 rounding with the norms the bound needs (`rounded_with_norms`), the candidate pairs
+(`positive_pairs`), and their fp32 recheck (`max_dots`). Its OpenMP threads share the terms (the
+documents, in the recheck); built with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
 pool (torch.set_num_threads) rather than fighting a second pool for the cores.
 
 Callers load it only where /proc/cpuinfo lists amx_tile and amx_bf16. `load()` is None where no C compiler
