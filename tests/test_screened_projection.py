@@ -150,3 +150,16 @@ def test_a_bias_far_below_the_products_keeps_the_torch_screen_selective(dtype):
     candidates, positives = int((projection.screen(states) > 0).sum()), int((products + bias > 0).sum())
     assert 0 < positives <= candidates <= 2 * positives
     torch.testing.assert_close(projection(states, mask).double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_output_stays_exact_under_reduced_fp32_matmul_precision(dtype):
+    """`torch.set_float32_matmul_precision("medium")` lets oneDNN (on a CPU with bf16 instructions) and
+    cuBLAS run fp32 products in lower precision; the screen's bound and the recheck must not follow it."""
+    states, mask, weight, bias = random_case(3, hidden=64)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        ours = ScreenedProjection(weight, bias, dtype=dtype, amx=False)(states, mask)
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)

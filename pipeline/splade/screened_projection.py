@@ -258,12 +258,20 @@ def _length_padded(states: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def fp32_matmuls():
-    """On a GPU the bound needs fp32 accumulation and the recheck true fp32, whatever TF32 or
-    reduced-precision-reduction settings the user has on."""
-    matmul = torch.backends.cuda.matmul
-    saved = matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction
-    matmul.allow_tf32 = matmul.allow_bf16_reduced_precision_reduction = False
+    """The bound needs fp32 accumulation and the recheck IEEE fp32 products, whatever the user has set:
+    TF32 or bf16 for fp32 products (`torch.set_float32_matmul_precision`, which oneDNN follows on a CPU
+    with bf16 instructions too), or reduced-precision reductions of bf16 products on a GPU."""
+    cuda = torch.backends.cuda.matmul
+    if hasattr(cuda, "fp32_precision"):  # torch >= 2.9: per backend (reading the legacy flags may raise)
+        settings = [(cuda, "fp32_precision", "ieee"), (torch.backends.mkldnn.matmul, "fp32_precision", "ieee")]
+    else:
+        settings = [(cuda, "allow_tf32", False)]
+    settings.append((cuda, "allow_bf16_reduced_precision_reduction", False))
+    saved = [getattr(backend, name) for backend, name, _ in settings]
+    for backend, name, value in settings:
+        setattr(backend, name, value)
     try:
         yield
     finally:
-        matmul.allow_tf32, matmul.allow_bf16_reduced_precision_reduction = saved
+        for (backend, name, _), value in zip(settings, saved):
+            setattr(backend, name, value)
