@@ -39,11 +39,9 @@ ENCODERS = {
 def random_sparse_mlm(path: Path, tokenizer_from: str, texts: list[str], *, config=None, device: str = "cpu") -> Path:
     """A random-init `BertForMaskedLM` (bert-base-uncased's shape unless `config`) saved at `path`, its
     decoder bias lowered so that the first CALIBRATION_PASSAGES `texts` weigh TARGET_TERMS terms each
-    on average. Kept when `path` holds one already."""
+    on average. Made anew each time (seconds on a GPU): a model left there by another run may differ."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    if (path / "config.json").is_file():
-        return path
     torch.manual_seed(0)
     splade = Splade(BertForMaskedLM(config or BertConfig())).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)

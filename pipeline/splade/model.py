@@ -132,6 +132,8 @@ class SpladeEncoder:
     @classmethod
     def load(cls, name_or_path: str | Path, *, device: str | None = None, trust_remote_code: bool = False,
              body_precision: str = "fp32"):
+        if body_precision not in BODY_DTYPES:
+            raise ValueError(f"body_precision {body_precision!r}: expected one of {', '.join(BODY_DTYPES)}")
         path = Path(name_or_path)
         looks_local = path.is_absolute() or str(name_or_path).startswith(".") or path.parts[0] == "models"
         if looks_local and not (path / "config.json").is_file():
