@@ -61,10 +61,20 @@ def _write_whole(path: Path, content: bytes) -> None:
     os.replace(staging, path)
 
 
+class _NotSet:
+    def __repr__(self) -> str:
+        return "(not set)"
+
+
+_NOT_SET = _NotSet()
+
+
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for each setting that differs; one that only one side records is '(not set)' on the
+    other (a setting recorded only when not its default, say)."""
     changed = []
     for key in sorted(old.keys() | new.keys()):
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, _NOT_SET), new.get(key, _NOT_SET)
         if isinstance(a, dict) and isinstance(b, dict):
             changed += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
