@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.splade import amx_max_pool
-from pipeline.splade.screened_projection import ScreenedProjection, accumulation_factor, cpu_flags
+from pipeline.splade.screened_projection import ScreenedProjection, _padding_as_first_token, accumulation_factor, cpu_flags
 
 from test_screened_projection import exact_weights, random_case
 
@@ -28,40 +28,57 @@ def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, 
     generator = torch.Generator().manual_seed(documents + hidden)
     tokens = torch.randn(documents, length, hidden, generator=generator).bfloat16()
     weight = torch.randn(vocab, hidden, generator=generator).bfloat16()
-    bias, slacks = torch.randn(vocab, generator=generator), (torch.rand(vocab, generator=generator), torch.rand(vocab, generator=generator))
+    bias, fixed = torch.randn(vocab, generator=generator), torch.rand(vocab, generator=generator) / 4
+    slacks = (torch.rand(vocab, generator=generator), torch.rand(vocab, generator=generator))
     scales = (torch.rand(documents, generator=generator), torch.rand(documents, generator=generator))
-    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), weight, bias, slacks)
+    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), weight, bias, fixed, slacks)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        upper = screen(tokens, scales)
+        upper, blocks = screen(tokens, scales)
     finally:
         torch.set_num_threads(saved)
-    expected = (tokens.double() @ weight.double().T).amax(dim=1) + bias.double() \
-        + scales[0].double()[:, None] * slacks[0].double() + scales[1].double()[:, None] * slacks[1].double()
-    assert upper.shape == (documents, vocab)
-    torch.testing.assert_close(upper.double(), expected, rtol=1e-5, atol=1e-4)
+    bound = fixed.double() + scales[0].double()[:, None] * slacks[0].double() + scales[1].double()[:, None] * slacks[1].double()
+    logits = tokens.double() @ weight.double().T
+    assert upper.shape == blocks.shape == (documents, vocab)
+    torch.testing.assert_close(upper.double(), logits.amax(dim=1) + bias.double() + bound, rtol=1e-5, atol=1e-4)
+    # The block named is the best one, where it beats the second best by more than twice the bound; -1 elsewhere.
+    block_maxima = logits.view(documents, length // 32, 32, vocab).amax(dim=2)
+    best = block_maxima.topk(min(2, length // 32), dim=1)
+    gap = best.values[:, 0] - (best.values[:, 1] if length > 32 else -torch.inf)
+    expected = torch.where(gap > 2 * bound, best.indices[:, 0], -1)
+    clear = (gap - 2 * bound).abs() > 1e-3  # not within fp32's rounding of the decision
+    assert clear.float().mean() > 0.9 and torch.equal(blocks[clear].long(), expected[clear])
 
 
 @needs_amx
 @pytest.mark.parametrize(("length", "hidden", "density"), [(32, 128, 0.3), (96, 40, 0.05), (64, 7, 1.0)],
                          ids=["one-block", "odd-shapes", "every-term"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, density, threads):
-    """Groups of 8 terms with a shorter last one, documents with no candidate, and a NaN that must stay."""
+@pytest.mark.parametrize("with_blocks", [False, True], ids=["all-tokens", "named-blocks"])
+def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, density, threads, with_blocks):
+    """Groups of 8 terms with a shorter last one, documents with no candidate, and a NaN that must stay; with
+    blocks, each candidate's max over its block's 32 tokens (over all of them where its block is -1)."""
     generator = torch.Generator().manual_seed(length + hidden)
     states, weight = torch.randn(6, length, hidden, generator=generator), torch.randn(300, hidden, generator=generator)
     chosen = torch.rand(6, 300, generator=generator) < density
     chosen[2] = False
     states[4, length - 1, hidden // 2] = torch.nan
+    if with_blocks:  # a NaN in each block of document 4, wherever its candidates' blocks lie
+        states[4, ::32, hidden // 2] = torch.nan
     documents, terms = chosen.nonzero(as_tuple=True)
+    blocks = torch.randint(-1, length // 32, terms.shape, generator=generator, dtype=torch.int16) if with_blocks else None
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        maxima = amx_max_pool.max_dots(amx_max_pool.load(), states, weight, documents, terms)
+        maxima = amx_max_pool.max_dots(amx_max_pool.load(), states, weight, documents, terms, blocks)
     finally:
         torch.set_num_threads(saved)
-    expected = torch.einsum("ctk,ck->ct", states.double()[documents], weight.double()[terms]).amax(dim=1)
+    products = torch.einsum("ctk,ck->ct", states.double()[documents], weight.double()[terms])
+    if with_blocks:  # the tokens outside a candidate's block: never its max
+        block_of_token = torch.arange(length) // 32
+        products[(blocks[:, None] >= 0) & (block_of_token[None, :] != blocks[:, None])] = -torch.inf
+    expected = products.amax(dim=1)
     assert maxima.shape == terms.shape and maxima[documents == 4].isnan().all()
     torch.testing.assert_close(maxima[documents != 4].double(), expected[documents != 4], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="multiple of 32"):
@@ -109,7 +126,7 @@ def test_positive_pairs_are_torchs_nonzero(vocab):
 
 @needs_amx
 def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
-    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32),
+    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32), torch.zeros(32),
                                     (torch.zeros(32), torch.zeros(32)))
     with pytest.raises(ValueError, match="multiple of 32"):
         screen(torch.ones(1, 31, 32).bfloat16(), (torch.zeros(1), torch.zeros(1)))
@@ -147,6 +164,40 @@ def test_the_amx_bound_is_tighter_and_screens_fewer_candidates(encoder):
     assert 0 < (amx.screen(padded) > 0).sum() < (plain.screen(padded) > 0).sum()
     assert torch.equal(amx(states, batch["attention_mask"]), plain(states, batch["attention_mask"]))
     assert 0 < accumulation_factor(128) < 1e-4
+
+
+@needs_amx
+def test_the_block_the_screen_names_holds_the_exact_maximum(encoder):
+    """On real states most candidates are rechecked on one block of 32 tokens, and that block's max is the
+    document's; where two blocks tie for the maximum (a block copied into the next), none is named."""
+    batch, _ = encoder.tokenize(["Glaciers form where snow outlasts the summer; compacted over centuries, the firn turns to "
+                                 "ice that flows downhill under its own weight, carving cirques, aretes and U-shaped valleys. "
+                                 "Meltwater streams sort the debris into eskers and outwash plains, while moraines mark the "
+                                 "furthest advance. Cores drilled through ice sheets keep bubbles of ancient air, a record "
+                                 "of temperature and carbon dioxide over 800,000 years. Retreating glaciers now raise sea "
+                                 "levels and threaten the summer water supply of hundreds of millions of people.",
+                                 "Vaccines train the immune system to recognise a virus."], 256)
+    with torch.inference_mode():
+        states = encoder.model.head.transform(encoder.model.hidden_states(batch["input_ids"], batch["attention_mask"]))
+    decoder = encoder.model.head.decoder
+    projection = ScreenedProjection(decoder.weight, decoder.bias)
+    padded = _padding_as_first_token(states, batch["attention_mask"].bool())  # as `sparse` pads: 32 tokens a block
+    assert padded.shape[1] >= 96
+
+    def exact_block_maxima(states):
+        return torch.einsum("dth,vh->dvt", states.double(), decoder.weight.double()).unflatten(2, (-1, 32)).amax(dim=3)
+
+    upper, blocks = projection.screened(padded)
+    documents, terms = (upper > 0).nonzero(as_tuple=True)
+    named, maxima = blocks[documents, terms].long(), exact_block_maxima(padded)[documents, terms]
+    single = named >= 0
+    assert single.float().mean() > 0.5
+    assert torch.equal(maxima[single].gather(1, named[single, None]).squeeze(1), maxima[single].amax(dim=1))
+    tied = padded.clone()
+    tied[0, 32:64] = tied[0, :32]
+    _, blocks = projection.screened(tied)
+    best = exact_block_maxima(tied)[0].argmax(dim=1)  # the first of two equal blocks
+    assert (best == 0).any() and (blocks[0][best == 0] == -1).all()
 
 
 def test_without_a_compiler_the_torch_screen_runs(monkeypatch, tmp_path):

@@ -1,9 +1,10 @@
 // SPLADE's screen on Intel AMX: out[d, v] = max over document d's tokens t of sum_k tokens[t, k] * weight[v, k],
-// bf16 products accumulated in fp32, plus bias[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v] (the
-// screen's error bound). Each 32 tokens x 32 terms tile of logits is max-pooled as it leaves
-// the tile registers, so the [tokens x vocabulary] logits never reach memory.
-// Its candidates' exact fp32 recheck is here too (`max_dots`, AVX-512). Built by amx_max_pool.py; see there
-// for the layouts.
+// bf16 products accumulated in fp32, plus bias[v] and the screen's error bound, fixed[v] + scale_a[d] * slack_a[v]
+// + scale_b[d] * slack_b[v]. Each 32 tokens x 32 terms tile of logits is max-pooled as it leaves the tile
+// registers, so the [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v),
+// the one block of 32 tokens that must hold the exact maximum, where the bound proves it (blocks[d, v], else -1).
+// Its candidates' exact fp32 recheck is here too (`max_dots`, AVX-512), over that block alone where there is
+// one. Built by amx_max_pool.py; see there for the layouts.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -37,21 +38,55 @@ static void configure_tiles(void) {
     _tile_loadconfig(&config);
 }
 
-// The max over a block's 32 tokens of its stored logits (4 tiles: 2 x 16 tokens by 2 x 16 terms), into the
-// running maxima of its 2 x 16 terms.
-static inline void max_pool_block(float (*block)[16][16], __m512 *max0, __m512 *max1) {
-    for (int row = 0; row < 16; row++) {
-        *max0 = _mm512_max_ps(*max0, _mm512_max_ps(_mm512_load_ps(block[0][row]), _mm512_load_ps(block[1][row])));
-        *max1 = _mm512_max_ps(*max1, _mm512_max_ps(_mm512_load_ps(block[2][row]), _mm512_load_ps(block[3][row])));
+// For 16 terms: the largest and second largest of the block maxima seen so far, and the block of the largest.
+typedef struct {
+    __m512 best, second;
+    __m512i block;
+} block_maxima;
+
+static inline block_maxima no_block(void) {
+    return (block_maxima){_mm512_set1_ps(-INFINITY), _mm512_set1_ps(-INFINITY), _mm512_set1_epi32(-1)};
+}
+
+// A NaN maximum propagates to best (as a max would), and its block is never named (the test below fails).
+static inline void add_block(block_maxima *maxima, __m512 maximum, int32_t block) {
+    const __mmask16 above = _mm512_cmp_ps_mask(maximum, maxima->best, _CMP_GT_OQ);
+    maxima->second = _mm512_max_ps(maxima->second, _mm512_min_ps(maximum, maxima->best));
+    maxima->block = _mm512_mask_set1_epi32(maxima->block, above, block);
+    maxima->best = _mm512_max_ps(maxima->best, maximum);
+}
+
+// The max over a block's 32 tokens of its stored logits (4 tiles: 2 x 16 tokens by 2 x 16 terms), added to
+// the block maxima of its 2 x 16 terms.
+static inline void max_pool_block(float (*stored)[16][16], int32_t block, block_maxima *low, block_maxima *high) {
+    __m512 max0 = _mm512_max_ps(_mm512_load_ps(stored[0][0]), _mm512_load_ps(stored[1][0]));
+    __m512 max1 = _mm512_max_ps(_mm512_load_ps(stored[2][0]), _mm512_load_ps(stored[3][0]));
+    for (int row = 1; row < 16; row++) {
+        max0 = _mm512_max_ps(max0, _mm512_max_ps(_mm512_load_ps(stored[0][row]), _mm512_load_ps(stored[1][row])));
+        max1 = _mm512_max_ps(max1, _mm512_max_ps(_mm512_load_ps(stored[2][row]), _mm512_load_ps(stored[3][row])));
     }
+    add_block(low, max0, block);
+    add_block(high, max1, block);
+}
+
+// out = best + bias + bound for 16 terms; blocks = the block of the best where no other block's maximum can
+// reach it: every exact logit is within `bound` of its screened one, so best - second > 2 bound means the
+// exact maximum lies in that block. NaN or infinite bounds name none.
+static inline void store_maxima(const block_maxima *maxima, __m512 bias, __m512 bound, float *out, int16_t *blocks) {
+    const __mmask16 alone = _mm512_cmp_ps_mask(_mm512_sub_ps(maxima->best, maxima->second), _mm512_add_ps(bound, bound),
+                                               _CMP_GT_OQ);
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_add_ps(maxima->best, bias), bound));
+    _mm256_storeu_si256((__m256i *)blocks,
+                        _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), alone, maxima->block)));
 }
 
 // One thread's share: columns [first_term, last_term) of out, multiples of 32, in blocks of block_terms
 // terms whose weights stay in the core's L2 while every document passes. The logits of 32 tokens are stored
 // in one half of `results` and max-pooled once the next 32 tokens' products are under way (~10 % faster
 // than waiting for the tiles).
-static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *slack_a,
-                           const float *slack_b, const float *scale_a, const float *scale_b, float *out, int64_t documents, int64_t length, int64_t hidden,
+static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed,
+                           const float *slack_a, const float *slack_b, const float *scale_a, const float *scale_b,
+                           float *out, int16_t *blocks, int64_t documents, int64_t length, int64_t hidden,
                            int64_t out_stride, int64_t first_term, int64_t last_term, int64_t block_terms) {
     const int64_t chunks = hidden / 32, weight_tile = 16 * 32, row_bytes = hidden * 2;
     float results[2][4][16][16] __attribute__((aligned(64)));
@@ -62,7 +97,7 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
             for (int64_t term = block; term < block_end; term += 32) {
                 const uint16_t *weight0 = packed + (term / 16) * chunks * weight_tile;
                 const uint16_t *weight1 = weight0 + chunks * weight_tile;
-                __m512 max0 = _mm512_set1_ps(-INFINITY), max1 = max0;
+                block_maxima low = no_block(), high = no_block();
                 for (int64_t token = 0; token < length; token += 32) {
                     const uint16_t *rows = first_token + token * hidden;
                     _tile_zero(4);
@@ -79,21 +114,23 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
                         _tile_dpbf16ps(6, 0, 3);
                         _tile_dpbf16ps(7, 1, 3);
                     }
-                    if (token > 0) max_pool_block(results[(token / 32 + 1) % 2], &max0, &max1);  // the previous block
+                    if (token > 0) max_pool_block(results[(token / 32 + 1) % 2], token / 32 - 1, &low, &high);  // the previous block
                     float (*stored)[16][16] = results[token / 32 % 2];
                     _tile_stored(4, stored[0], 64);
                     _tile_stored(5, stored[1], 64);
                     _tile_stored(6, stored[2], 64);
                     _tile_stored(7, stored[3], 64);
                 }
-                if (length > 0) max_pool_block(results[(length / 32 + 1) % 2], &max0, &max1);  // the last block
+                if (length > 0) max_pool_block(results[(length / 32 + 1) % 2], length / 32 - 1, &low, &high);  // the last block
                 const __m512 a = _mm512_set1_ps(scale_a[document]), b = _mm512_set1_ps(scale_b[document]);
-                max0 = _mm512_add_ps(max0, _mm512_loadu_ps(bias + term));
-                max1 = _mm512_add_ps(max1, _mm512_loadu_ps(bias + term + 16));
-                max0 = _mm512_fmadd_ps(b, _mm512_loadu_ps(slack_b + term), _mm512_fmadd_ps(a, _mm512_loadu_ps(slack_a + term), max0));
-                max1 = _mm512_fmadd_ps(b, _mm512_loadu_ps(slack_b + term + 16), _mm512_fmadd_ps(a, _mm512_loadu_ps(slack_a + term + 16), max1));
-                _mm512_storeu_ps(out + document * out_stride + term, max0);
-                _mm512_storeu_ps(out + document * out_stride + term + 16, max1);
+                const int64_t at = document * out_stride + term;
+                for (int half = 0; half < 2; half++) {
+                    const int64_t v = term + 16 * half;
+                    const __m512 bound = _mm512_fmadd_ps(b, _mm512_loadu_ps(slack_b + v),
+                                                         _mm512_fmadd_ps(a, _mm512_loadu_ps(slack_a + v), _mm512_loadu_ps(fixed + v)));
+                    store_maxima(half ? &high : &low, _mm512_loadu_ps(bias + v), bound, out + at + 16 * half,
+                                 blocks + at + 16 * half);
+                }
             }
         }
     }
@@ -101,17 +138,18 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
 
 // tokens: [documents * length, hidden] bf16, row-major; length and hidden multiples of 32.
 // packed: the weight as [vocabulary / 16][hidden / 32][16 pairs][16 terms][2] bf16 (AMX's VNNI layout),
-// vocabulary a multiple of 32. bias, slack_*: [vocabulary]; scale_*: [documents]; out: [documents, vocabulary] fp32.
-// The terms are shared among OpenMP's threads: torch's own pool when torch's libgomp is loaded first.
-void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *slack_a,
-                  const float *slack_b, const float *scale_a, const float *scale_b, float *out, int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary,
-                  int64_t block_terms) {
+// vocabulary a multiple of 32. bias, fixed, slack_*: [vocabulary]; scale_*: [documents]; out: [documents, vocabulary]
+// fp32; blocks: [documents, vocabulary] int16. The terms are shared among OpenMP's threads: torch's own pool when
+// torch's libgomp is loaded first.
+void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed, const float *slack_a,
+                  const float *slack_b, const float *scale_a, const float *scale_b, float *out, int16_t *blocks,
+                  int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary, int64_t block_terms) {
 #pragma omp parallel
     {
         const int64_t groups = vocabulary / 32, threads = omp_get_num_threads(), thread = omp_get_thread_num();
         configure_tiles();
-        max_pool_terms(tokens, packed, bias, slack_a, slack_b, scale_a, scale_b, out, documents, length, hidden, vocabulary,
-                       groups * thread / threads * 32, groups * (thread + 1) / threads * 32, block_terms);
+        max_pool_terms(tokens, packed, bias, fixed, slack_a, slack_b, scale_a, scale_b, out, blocks, documents, length,
+                       hidden, vocabulary, groups * thread / threads * 32, groups * (thread + 1) / threads * 32, block_terms);
         _tile_release();
     }
 }
@@ -174,27 +212,28 @@ void rounded_with_norms(const float *states, uint16_t *low, float *norms, int64_
     }
 }
 
-// The recheck: out[c] = max over the tokens t of document d of sum_k states[d, t, k] * weight[terms[c], k] in fp32,
-// for the candidates c in [starts[d], starts[d + 1]), each sum a chain of fused multiply-adds in k order; NaN
+// The recheck: out[c] = max over tokens t of document d of sum_k states[d, t, k] * weight[terms[c], k] in fp32, for
+// the candidates c in [starts[d], starts[d + 1]): over the 32 tokens of block blocks[c] where the screen named one
+// (a token's sum is the same whichever tokens are summed beside it, so that block's max is the document's), over
+// all of them where blocks[c] < 0 or blocks is NULL. Each sum is a chain of fused multiply-adds in k order; NaN
 // where one of the sums is NaN. A document's states are transposed into `columns` ([hidden, length]) so that a
 // vector holds 16 tokens; 8 terms x 32 tokens of sums stay in registers while k runs (no [terms x tokens] product
 // reaches memory). states: [documents, length, hidden] fp32, length a multiple of 32; weight: [vocabulary, hidden].
 #define RECHECK_TERMS 8
-static void max_dots_of_document(const float *states, const float *weight, const int64_t *terms, float *out,
-                                 int64_t candidates, int64_t length, int64_t hidden, float *columns) {
-    for (int64_t block = 0; block < length; block += 16)  // 16 tokens at a time: their rows stay in L1
-        for (int64_t k = 0; k < hidden; k++)
-#pragma GCC unroll 16
-            for (int64_t token = block; token < block + 16; token++) columns[k * length + token] = states[token * hidden + k];
-    for (int64_t first = 0; first < candidates; first += RECHECK_TERMS) {
+
+// The candidates order[0..count) (indices into terms and out), all over the tokens [first_token, last_token).
+static void max_dots_of_group(const float *columns, const float *weight, const int64_t *terms, const int64_t *order,
+                              int64_t count, int64_t first_token, int64_t last_token, int64_t length, int64_t hidden,
+                              float *out) {
+    for (int64_t first = 0; first < count; first += RECHECK_TERMS) {
         const float *rows[RECHECK_TERMS];
         for (int j = 0; j < RECHECK_TERMS; j++)  // a last group of fewer terms repeats its last one
-            rows[j] = weight + terms[first + j < candidates ? first + j : candidates - 1] * hidden;
+            rows[j] = weight + terms[order[first + j < count ? first + j : count - 1]] * hidden;
         __m512 maxima[RECHECK_TERMS];
         __mmask16 not_a_number[RECHECK_TERMS] = {0};
 #pragma GCC unroll 8
         for (int j = 0; j < RECHECK_TERMS; j++) maxima[j] = _mm512_set1_ps(-INFINITY);
-        for (int64_t token = 0; token < length; token += 32) {
+        for (int64_t token = first_token; token < last_token; token += 32) {
             __m512 sums[RECHECK_TERMS][2];
 #pragma GCC unroll 8
             for (int j = 0; j < RECHECK_TERMS; j++) sums[j][0] = sums[j][1] = _mm512_setzero_ps();
@@ -215,30 +254,61 @@ static void max_dots_of_document(const float *states, const float *weight, const
                 maxima[j] = _mm512_max_ps(maxima[j], _mm512_max_ps(sums[j][0], sums[j][1]));
             }
         }
-        for (int j = 0; j < RECHECK_TERMS && first + j < candidates; j++)
-            out[first + j] = not_a_number[j] ? NAN : _mm512_reduce_max_ps(maxima[j]);
+        for (int j = 0; j < RECHECK_TERMS && first + j < count; j++)
+            out[order[first + j]] = not_a_number[j] ? NAN : _mm512_reduce_max_ps(maxima[j]);
     }
 }
 
-// starts: [documents + 1] offsets of each document's candidates in terms and out. Returns 0, or -1 where a
-// thread's buffer could not be allocated (out then incomplete).
-int max_dots(const float *states, const float *weight, const int64_t *starts, const int64_t *terms, float *out,
-             int64_t documents, int64_t length, int64_t hidden) {
+// One document: its candidates grouped by the tokens they are rechecked over (all of them, then block by block,
+// a counting sort into `order`), so that each group of 8 terms shares its token loop.
+static void max_dots_of_document(const float *states, const float *weight, const int64_t *terms, const int16_t *blocks,
+                                 float *out, int64_t candidates, int64_t length, int64_t hidden, float *columns,
+                                 int64_t *order) {
+    for (int64_t block = 0; block < length; block += 16)  // 16 tokens at a time: their rows stay in L1
+        for (int64_t k = 0; k < hidden; k++)
+#pragma GCC unroll 16
+            for (int64_t token = block; token < block + 16; token++) columns[k * length + token] = states[token * hidden + k];
+    const int64_t ranges = length / 32 + 1;  // range 0: every token; range b + 1: block b
+    int64_t firsts[ranges + 1];
+    memset(firsts, 0, sizeof firsts);
+#define RANGE(c) (blocks != NULL && blocks[c] >= 0 && blocks[c] < ranges - 1 ? blocks[c] + 1 : 0)
+    for (int64_t c = 0; c < candidates; c++) firsts[RANGE(c) + 1]++;
+    for (int64_t range = 0; range < ranges; range++) firsts[range + 1] += firsts[range];
+    int64_t filled[ranges];
+    memcpy(filled, firsts, sizeof filled);
+    for (int64_t c = 0; c < candidates; c++) order[filled[RANGE(c)]++] = c;
+#undef RANGE
+    for (int64_t range = 0; range < ranges; range++) {
+        const int64_t first_token = range ? (range - 1) * 32 : 0, last_token = range ? first_token + 32 : length;
+        max_dots_of_group(columns, weight, terms, order + firsts[range], firsts[range + 1] - firsts[range], first_token,
+                          last_token, length, hidden, out);
+    }
+}
+
+// starts: [documents + 1] offsets of each document's candidates in terms, blocks and out. Returns 0, or -1 where a
+// thread's buffers could not be allocated (out then incomplete).
+int max_dots(const float *states, const float *weight, const int64_t *starts, const int64_t *terms, const int16_t *blocks,
+             float *out, int64_t documents, int64_t length, int64_t hidden) {
+    int64_t most = 0;
+    for (int64_t document = 0; document < documents; document++)
+        most = starts[document + 1] - starts[document] > most ? starts[document + 1] - starts[document] : most;
     int failed = 0;
 #pragma omp parallel
     {
         float *columns = aligned_alloc(64, (size_t)(length * hidden * sizeof(float) + 63) / 64 * 64);
-        if (columns == NULL) {
+        int64_t *order = malloc((size_t)(most > 0 ? most : 1) * sizeof(int64_t));
+        if (columns == NULL || order == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic)
         for (int64_t document = 0; document < documents; document++)
-            if (columns != NULL)
+            if (columns != NULL && order != NULL)
                 max_dots_of_document(states + document * length * hidden, weight, terms + starts[document],
-                                     out + starts[document], starts[document + 1] - starts[document], length, hidden,
-                                     columns);
+                                     blocks != NULL ? blocks + starts[document] : NULL, out + starts[document],
+                                     starts[document + 1] - starts[document], length, hidden, columns, order);
         free(columns);
+        free(order);
     }
     return failed ? -1 : 0;
 }

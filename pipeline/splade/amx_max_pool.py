@@ -4,7 +4,9 @@ with the system's C compiler on first use, cached, and called through ctypes.
 oneDNN's bf16 GEMM writes the [tokens x terms] logits out and a second pass max-pools them; the kernel
 max-pools each 32 x 32 tile of logits as it leaves the tile registers, so the logits never reach memory
 (~3x the torch screen's rate on our 2-core machine, `make bench`); it computes the tiles of the next 32 tokens
-while max-pooling the last ones. The same library, in AVX-512, holds the passes around it: the states'
+while max-pooling the last ones. It keeps the best and second best block of 32 tokens of each (document, term):
+where the bound proves that the best block holds the exact maximum, the recheck sums that block's tokens alone
+(most candidates on real states). The same library, in AVX-512, holds the passes around it: the states'
 bf16 rounding with the norms the bound needs (`rounded_with_norms`), the candidate pairs
 (`positive_pairs`), and their fp32 recheck (`max_dots`). Its OpenMP threads share the terms (the
 documents, in the recheck); built with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
@@ -25,6 +27,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +84,9 @@ def load() -> ctypes.CDLL | None:
     if library.amx_request() != 0:
         log.warning("Linux refused this process AMX state: the screen runs on torch's bf16 GEMM")
         return None
-    library.amx_max_pool.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 5
+    library.amx_max_pool.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 5
     library.amx_max_pool.restype = None
-    library.max_dots.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3
+    library.max_dots.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3
     library.max_dots.restype = ctypes.c_int
     library.positive_pairs.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
     library.positive_pairs.restype = ctypes.c_int64
@@ -92,11 +95,21 @@ def load() -> ctypes.CDLL | None:
     return library
 
 
+class Screened(NamedTuple):
+    """The screen's output: each (document, term)'s upper bound of its max logit + bias, and the block of 32 tokens
+    that holds the exact maximum where the bound proves there is one (int16; -1 where it does not)."""
+
+    upper: torch.Tensor
+    blocks: torch.Tensor
+
+
 class AmxScreen:
     """upper[d, v] = max over document d's tokens of tokens[d] @ weight[v] (bf16 products summed in fp32)
-    + bias[v] + scales[0][d] * slacks[0][v] + scales[1][d] * slacks[1][v]: the screen's bound, in one pass."""
+    + bias[v] + bound[d, v], bound = fixed[v] + scales[0][d] * slacks[0][v] + scales[1][d] * slacks[1][v] (the
+    screen's error bound), in one pass; blocks[d, v] is the block whose maximum exceeds every other block's
+    by more than twice the bound (so the exact maximum is in it), else -1."""
 
-    def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor,
+    def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor, fixed: torch.Tensor,
                  slacks: tuple[torch.Tensor, torch.Tensor]):
         vocab, hidden = weight.shape
         self.library, self.vocab_size, self.hidden = library, vocab, _round_up(hidden, TILE)
@@ -107,14 +120,14 @@ class AmxScreen:
         self.packed = padded.view(-1, 16, self.hidden // TILE, 16, 2).permute(0, 2, 3, 1, 4).contiguous()
         self.bias = torch.full((padded_vocab,), -torch.inf)  # padding terms: never candidates
         self.bias[:vocab] = bias
-        self.slacks = [torch.zeros(padded_vocab) for _ in slacks]
-        for padded_slack, slack in zip(self.slacks, slacks):
+        self.fixed, *self.slacks = [torch.zeros(padded_vocab) for _ in range(3)]
+        for padded_slack, slack in zip([self.fixed, *self.slacks], [fixed, *slacks]):
             padded_slack[:vocab] = slack
         self.block_terms = max(TILE, BLOCK_BYTES // (self.hidden * 2) // TILE * TILE)
 
-    def __call__(self, tokens: torch.Tensor, scales: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """[documents, vocabulary] fp32 bounds of bf16 tokens [documents, length, hidden] (length a multiple of
-        32), with fp32 scales [documents]."""
+    def __call__(self, tokens: torch.Tensor, scales: tuple[torch.Tensor, torch.Tensor]) -> Screened:
+        """[documents, vocabulary] fp32 bounds and int16 blocks of bf16 tokens [documents, length, hidden] (length a
+        multiple of 32), with fp32 scales [documents]."""
         documents, length, hidden = tokens.shape
         if length % TILE:
             raise ValueError(f"the AMX kernel takes documents of a multiple of {TILE} tokens, not {length}")
@@ -122,10 +135,12 @@ class AmxScreen:
             tokens = F.pad(tokens, (0, self.hidden - hidden))
         tokens, scales = tokens.contiguous(), [scale.float().contiguous() for scale in scales]
         out = torch.empty(documents, self.bias.shape[0])
-        self.library.amx_max_pool(tokens.data_ptr(), self.packed.data_ptr(), self.bias.data_ptr(),
+        blocks = torch.empty(documents, self.bias.shape[0], dtype=torch.int16)
+        self.library.amx_max_pool(tokens.data_ptr(), self.packed.data_ptr(), self.bias.data_ptr(), self.fixed.data_ptr(),
                                   *(slack.data_ptr() for slack in self.slacks), *(scale.data_ptr() for scale in scales),
-                                  out.data_ptr(), documents, length, self.hidden, out.shape[1], self.block_terms)
-        return out[:, : self.vocab_size]
+                                  out.data_ptr(), blocks.data_ptr(), documents, length, self.hidden, out.shape[1],
+                                  self.block_terms)
+        return Screened(out[:, : self.vocab_size], blocks[:, : self.vocab_size])
 
 
 def positive_pairs(library: ctypes.CDLL, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,11 +165,12 @@ def rounded_with_norms(library: ctypes.CDLL, states: torch.Tensor) -> tuple[torc
 
 
 def max_dots(library: ctypes.CDLL, states: torch.Tensor, weight: torch.Tensor, documents: torch.Tensor,
-             terms: torch.Tensor) -> torch.Tensor:
+             terms: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
     """The screen's exact recheck: for each candidate (document, term), given in document order, the fp32
-    max over the document's tokens of token . weight[term], NaN where one is NaN. fp32 states [documents,
-    length, hidden] (length a multiple of 32) and weight [vocabulary, hidden]; its sums and maxima stay in
-    registers (~1.5x torch's bmm, which writes every [terms x tokens] product out)."""
+    max over the document's tokens of token . weight[term], NaN where one is NaN; over the 32 tokens of
+    `blocks[c]` alone where it is >= 0 (the screen's `Screened.blocks` of the pair: that block holds the max).
+    fp32 states [documents, length, hidden] (length a multiple of 32) and weight [vocabulary, hidden]; its sums
+    and maxima stay in registers (~1.5x torch's bmm, which writes every [terms x tokens] product out)."""
     count, length, hidden = states.shape
     if length % TILE or weight.shape[1] != hidden:
         raise ValueError(f"the recheck kernel takes documents of a multiple of {TILE} tokens and a weight of their "
@@ -162,8 +178,10 @@ def max_dots(library: ctypes.CDLL, states: torch.Tensor, weight: torch.Tensor, d
     starts = torch.zeros(count + 1, dtype=torch.int64)
     torch.cumsum(torch.bincount(documents, minlength=count), 0, out=starts[1:])
     states, weight, terms = states.float().contiguous(), weight.float().contiguous(), terms.to(torch.int64).contiguous()
+    if blocks is not None:
+        blocks = blocks.to(torch.int16).contiguous()
     out = torch.empty(terms.numel())
-    if library.max_dots(states.data_ptr(), weight.data_ptr(), starts.data_ptr(), terms.data_ptr(), out.data_ptr(),
-                        count, length, hidden):
+    if library.max_dots(states.data_ptr(), weight.data_ptr(), starts.data_ptr(), terms.data_ptr(),
+                        None if blocks is None else blocks.data_ptr(), out.data_ptr(), count, length, hidden):
         raise MemoryError(f"the recheck kernel could not allocate {length} x {hidden} floats per thread")
     return out

@@ -18,7 +18,9 @@ On a CPU with AMX the screen is a fused C kernel (`amx_max_pool`) that max-pools
 as it leaves the tile registers and adds the bound in the same pass (the steps around it, and the
 recheck, are C passes of the same source). Its output stays fp32 and it knows each rounding residual
 r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15 candidates per positive weight
-on SciFact, against ~1.75 for the worst-case bound above.
+on SciFact, against ~1.75 for the worst-case bound above. It also names the block of 32 tokens that
+holds a pair's maximum where the bound proves it (its best block beats the second by more than twice
+the bound), and the recheck then sums that block's tokens alone.
 
 Elsewhere the screen is torch's GEMM, tile by tile, with the bias as one more column of the product,
 and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16.
@@ -144,7 +146,7 @@ class ScreenedProjection:
             hidden, norms = weight.shape[1], weight.norm(dim=1)
             rounded = weight.to(torch.bfloat16)
             residual_norms = (weight - rounded.float()).norm(dim=1)
-            self.amx = amx_max_pool.AmxScreen(library, rounded, self.bias + hidden * FLUSHED * (1 + norms),
+            self.amx = amx_max_pool.AmxScreen(library, rounded, self.bias, hidden * FLUSHED * (1 + norms),
                                               (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)))
         else:
             # The bias rides in the product as one more column, [h, 1] . [w, b] = h.w + b: the tile's logits
@@ -171,19 +173,26 @@ class ScreenedProjection:
         """The positive weights alone: what an index stores, without [documents, vocabulary] passes."""
         states = _padding_as_first_token(states.float(), mask.bool())
         with fp32_matmuls():
-            upper = self.screen(states)
+            upper, blocks = self.screened(states)
             documents, terms = (amx_max_pool.positive_pairs(self.kernels, upper) if self.kernels is not None
                                 else (upper > 0).nonzero(as_tuple=True))
-            weights = torch.log1p(torch.relu(self.recheck(states, documents, terms)))
+            pair_blocks = None if blocks is None else blocks[documents, terms]
+            weights = torch.log1p(torch.relu(self.recheck(states, documents, terms, pair_blocks)))
         kept = weights != 0  # NaN stays, for the caller to refuse
         return SparseWeights(documents[kept], terms[kept], weights[kept], (states.shape[0], self.vocab_size))
 
     def screen(self, states: torch.Tensor) -> torch.Tensor:
         """An upper bound of each (document, term) max logit + bias (+inf where the torch screen saw a positive one)."""
+        return self.screened(states)[0]
+
+    def screened(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`screen`'s bounds, and where the AMX kernel ran, the block of 32 tokens that holds each exact maximum
+        (-1 where the bound does not prove one; `amx_max_pool.Screened`)."""
+        blocks = None
         if self.amx is not None:  # the bound of `accumulation_factor`, from each document's largest norms
             # The kernel's tiles take 32 tokens (a copy of one changes no max).
             low, norms, residual, rounded = amx_max_pool.rounded_with_norms(self.kernels, _length_padded(states))
-            upper = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded))
+            upper, blocks = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded))
         else:  # the bound of `error_factor`, on [h, 1, 0...] . [w, b, 0...]
             low = states.new_zeros(*states.shape[:2], self.negated.shape[1], dtype=self.dtype)
             low[..., : states.shape[2]], low[..., states.shape[2]] = states, 1
@@ -191,7 +200,9 @@ class ScreenedProjection:
             upper = self.tiled_max(low) + self.fixed_bound + norms[:, None] * self.bound[None, :]
         if not (finite := torch.isfinite(norms)).all():  # NaN or Inf states: every weight is rechecked, and not finite
             upper[~finite] = torch.inf
-        return upper
+            if blocks is not None:
+                blocks[~finite] = -1
+        return upper, blocks
 
     def tiled_max(self, low: torch.Tensor) -> torch.Tensor:
         """Each (document, term) max logit of low-precision states, +inf where one is positive; torch ops."""
@@ -212,12 +223,14 @@ class ScreenedProjection:
         screened_max[negated_min < 0] = torch.inf  # a positive logit (or -0.0): keep, recheck
         return screened_max
 
-    def recheck(self, states: torch.Tensor, documents: torch.Tensor, terms: torch.Tensor) -> torch.Tensor:
-        """fp32 max logit + bias of each (document, term) pair, pairs given in document order."""
+    def recheck(self, states: torch.Tensor, documents: torch.Tensor, terms: torch.Tensor,
+                blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 max logit + bias of each (document, term) pair, pairs given in document order; where `blocks` (the
+        AMX screen's, per pair) names a block of 32 tokens, the kernel's recheck sums that block's alone."""
         if terms.numel() == 0:
             return torch.zeros(0, device=states.device)
         if self.kernels is not None:  # where the AMX screen runs, its C source's fused recheck
-            return amx_max_pool.max_dots(self.kernels, states, self.weight, documents, terms) + self.bias[terms]
+            return amx_max_pool.max_dots(self.kernels, states, self.weight, documents, terms, blocks) + self.bias[terms]
         counts = torch.bincount(documents, minlength=states.shape[0])
         width = int(counts.max())
         # Each document's terms, padded to `width` with term 0 (computed, then dropped).
