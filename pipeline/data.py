@@ -402,8 +402,8 @@ def checked_vectors(paths: Iterable[Path], start: int = 0, stop: int | None = No
         yield where, doc_id, vector
 
 
-def recorded(output: Path, key: str) -> str | None:
-    """What the stage writing `output` recorded it was made from (`key`: "corpus" or "dataset"), in
+def recorded(output: Path, key: str):
+    """What the stage writing `output` recorded it was made from (`key`: "corpus", "dataset", "model_files"...), in
     the stats file beside it (`<output>.json`: an index, encoded queries) or in encode's stats.json in
     its folder. None for a file we did not write."""
     for stats in (output.with_name(output.name + ".json"), output / "stats.json", output.parent / "stats.json"):

@@ -241,8 +241,9 @@ def encode(
         # a bad model fails before any output
         encoder = SpladeEncoder.load(model, device=str(resolved), body_precision=body_precision)
         terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
-        settings = {"model": model, "scale": scale, "max_query_length": max_query_length, "batch_size": batch_size,
-                    "body_precision": body_precision}
+        # model_files: what search compares between an index's documents and the queries searched in it
+        settings = {"model": model, "model_files": _model_fingerprint(model), "scale": scale,
+                    "max_query_length": max_query_length, "batch_size": batch_size, "body_precision": body_precision}
         if ranks.rank == 0:
             for query_file_set, _ in query_files:
                 query_file_set.check()  # before hours of documents
@@ -269,7 +270,7 @@ def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset
     plan = Plan(documents.docs_count(), part_size)
     store = PartStore(out, {
         "corpus": documents.name, "corpus_source": _corpus_fingerprint(documents), "model": settings["model"],
-        "model_files": _model_fingerprint(settings["model"]), "device": device, "scale": float(scale),
+        "model_files": settings["model_files"], "device": device, "scale": float(scale),
         "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
         # recorded when not the default, so that outputs made before the option stay valid
         **({"body_precision": settings["body_precision"]} if settings["body_precision"] != "fp32" else {}),
@@ -354,7 +355,8 @@ def _finish(store: PartStore, plan: Plan, corpus: data.Corpus, dataset: data.Dat
         for name, value in record["counts"].items():
             setattr(docs, name, getattr(docs, name) + value)
     stats = {
-        "corpus": corpus.name, "model": settings["model"], "scale": settings["scale"], "empty_vector_term": EMPTY_VECTOR_TERM,
+        "corpus": corpus.name, "model": settings["model"], "model_files": settings["model_files"], "scale": settings["scale"],
+        "empty_vector_term": EMPTY_VECTOR_TERM,
         "max_doc_length": max_doc_length, "body_precision": settings["body_precision"], "parts": len(records),
         "docs": asdict(docs),
         "docs_per_second": docs.texts / docs.seconds if docs.seconds else None,

@@ -86,7 +86,8 @@ def index(out: Path, *, vectors: Path | None = None, corpus: str | None = None, 
         if vectors is not None:
             impact, source, corpus_name = True, str(vectors), data.recorded(vectors, "corpus")
             expected, processes = write_impact_index(vectors, staging, threads=threads)
-            spread = {"processes": processes}
+            # the model that encoded the documents, which search compares with the queries'
+            spread = {"processes": processes, **{key: data.recorded(vectors, key) for key in ("model", "model_files")}}
         else:
             written, documents = Path(work) / "text", data.load_corpus(corpus)
             expected, blank = _write_text_collection(documents, written)

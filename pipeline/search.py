@@ -78,6 +78,7 @@ recorded as another dataset's, are refused.
     query_set.check_source(index, "an index", known_from=queries)
     if queries is not None:
         query_set.check_source(queries, "encoded queries")
+        check_same_model(index, queries)
     if remove_query is None:
         remove_query = query_set.queries_are_documents
     if queries is not None:
@@ -107,6 +108,17 @@ recorded as another dataset's, are refused.
              result["queries"], seconds, result["queries_per_second"], threads, result["latency_p50_ms"],
              result["latency_p99_ms"])
     return result
+
+
+def check_same_model(index: Path, queries: Path) -> None:
+    """Refuse queries encoded by another model than the index's documents: their scores would mean nothing.
+    Compared by the sha256 of the model's files that both record (a hub id, by name); outputs that record
+    none (made by an earlier version, or by hand) are not checked."""
+    theirs, ours = data.recorded(index, "model_files"), data.recorded(queries, "model_files")
+    if theirs is not None and ours is not None and theirs != ours:
+        raise data.DataError(f"{queries}: queries encoded by model {data.recorded(queries, 'model')!r}, but {index} "
+                             f"holds documents encoded by {data.recorded(index, 'model')!r}, whose files differ: encode "
+                             f"both with one model")
 
 
 def _search_collection(index: Path, topics: dict, run: Path, *, impact: bool, k: int, threads: int,

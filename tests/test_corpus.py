@@ -3,6 +3,7 @@ BEIR or Pyserini form, TSV, gzip'd or not, a file or a folder) are encoded and i
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,33 @@ def test_query_sets_share_one_encoding_and_index_of_their_corpus(model_path, tmp
     assert json.loads(other.with_name("other.jsonl.json").read_text())["corpus"] == "corpus-test/other"
     with pytest.raises(data.DataError, match=r"lucene: an index of corpus 'corpus-test', not of 'corpus-test/other'"):
         search(tmp_path / "lucene", tmp_path / "other.trec", "corpus-test/other", queries=other)
+
+
+def test_queries_encoded_by_another_model_are_refused(model_path, tmp_path):
+    """Search compares the model files that encoded the index's documents and the queries: another model's
+    queries (here the same model with one weight changed) are refused, naming both; the same model's pass."""
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.encode import encode
+    from pipeline.index import index
+    from pipeline.search import search
+
+    register_stand_ins(tmp_path / "stand-in")
+    encode(model_path, tmp_path / "encoded", corpus="corpus-test/a", batch_size=4)
+    assert index(tmp_path / "lucene", vectors=tmp_path / "encoded" / "docs")["model_files"]
+    retrained = tmp_path / "retrained"
+    shutil.copytree(model_path, retrained)
+    tensors = load_file(retrained / "model.safetensors")
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] * 1.01
+    save_file(tensors, retrained / "model.safetensors", metadata={"format": "pt"})
+    for model, queries in ((str(retrained), tmp_path / "retrained.jsonl"), (model_path, tmp_path / "same.jsonl")):
+        encode(model, queries={"corpus-test/a": queries}, batch_size=4)
+    with pytest.raises(data.DataError, match=r"retrained.jsonl: queries encoded by model '.*retrained', but .*lucene "
+                                             r"holds documents encoded by '.*splade-tiny'"):
+        search(tmp_path / "lucene", tmp_path / "retrained.trec", "corpus-test/a", queries=tmp_path / "retrained.jsonl")
+    search(tmp_path / "lucene", tmp_path / "same.trec", "corpus-test/a", queries=tmp_path / "same.jsonl")
+    assert (tmp_path / "same.trec").read_text()
 
 
 # Local corpus files: every document of DOCS, in each format (BEIR joins title and text, as written here).
