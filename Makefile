@@ -162,8 +162,8 @@ ablation: $(call model_input,$(BASE)) indexes/$(call corpus_dir,$(NEGATIVES))/bm
 	$(PY) -m pipeline ablation --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call corpus_dir,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) --out runs/ablation $(ABLATION_ARGS)
 
 # Not file targets: every call trains afresh (about an hour on 2 cores), so each call is asked for.
-k-sweep: $(call model_input,$(BASE)) indexes/$(call slug,$(NEGATIVES))/bm25.json | $(SETUP)
-	$(PY) -m pipeline k-sweep --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call slug,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) $(K_SWEEP_ARGS)
+k-sweep: $(call model_input,$(BASE)) indexes/$(call corpus_dir,$(NEGATIVES))/bm25.json | $(SETUP)
+	$(PY) -m pipeline k-sweep --model $(BASE) --data $(TRAIN_DATA) --negatives-index indexes/$(call corpus_dir,$(NEGATIVES))/bm25 --dataset $(firstword $(DATASETS)) $(K_SWEEP_ARGS)
 
 report: | $(SETUP)
 	$(PY) -m pipeline report --runs runs --models models --out runs/report.md

@@ -55,6 +55,15 @@ def test_make_encodes_and_indexes_a_corpus_once(datasets, corpus, tmp_path):
     assert all(f"--index indexes/{corpus}/bm25 " in line for line in bm25)
 
 
+@pytest.mark.parametrize("goal", ["train", "ablation", "k-sweep"])
+def test_training_targets_take_negatives_from_the_corpus_bm25_index(goal, tmp_path):
+    """Hard negatives come from the BM25 index of NEGATIVES' corpus, where beir-eval builds it."""
+    commands = make_commands(tmp_path, goal)
+    assert any(" -m pipeline index --corpus beir/scifact --out indexes/beir-scifact/bm25" in line for line in commands)
+    assert any(f" -m pipeline {goal} " in line and "--negatives-index indexes/beir-scifact/bm25 " in line
+               for line in commands)
+
+
 def register_stand_ins(folder: Path) -> None:
     """ir_datasets-shaped datasets: `corpus-test/a` and `/b` over the documents of `corpus-test`, and
     `corpus-test/other` over a copy of them (the same text, another corpus)."""
