@@ -185,8 +185,9 @@ def _spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(cells: list[Cell], runs: list[dict]) -> list[dict]:
-    """Per cell: mean and std over seeds, and paired tests against the healthy reference and, for a
+def summarize(cells: list[Cell], runs: list[dict], untrained: dict) -> list[dict]:
+    """Per cell: mean and std over seeds, and paired tests against the released model untrained (its one
+    evaluation paired with each seed: does training help?), against the healthy reference and, for a
     rescaled cell, against the same F not rescaled."""
     by_cell = {cell.name: {run["seed"]: run for run in runs if run["cell"] == cell.name} for cell in cells}
     reference = by_cell[cells[0].name]
@@ -198,6 +199,7 @@ def summarize(cells: list[Cell], runs: list[dict]) -> list[dict]:
                "trained_as": next(iter(seeded.values()))["trained_as"],
                "k_used": _spread([run["k_used"] for run in seeded.values()])[0],
                "collapsed": sum(run["collapsed"] for run in seeded.values()),
+               "vs_untrained": _paired(seeded, dict.fromkeys(seeded, untrained)),
                "vs_reference": None if cell.healthy else _paired(seeded, reference),
                "vs_not_rescaled": _paired(seeded, by_cell[unrescaled]) if cell.k != 1 and unrescaled in by_cell else None}
         for key in (*METRICS, "active_d_init", "active_q_init", "active_d_end", "active_q_end", "eval_active_d",
@@ -249,8 +251,8 @@ def _markdown(result: dict) -> str:
     lines += [f"- {row['name']}: nDCG@10 {row['ndcg@10']:.4f}, R@100 {row['recall@100']:.4f}, active terms "
               f"{row['eval_active_d']:.1f} per document, {row['eval_active_q']:.1f} per query" for row in result["untrained"]]
     lines += ["", "| F | bias shift | k | k used | trained as | nDCG@10 | R@100 | active d init -> end | active q init -> end | "
-              "FLOPS d end | peak loss | collapsed | nDCG vs healthy (p) | nDCG vs same F, k=1 (p) |",
-              "|---:|---:|---|---:|---|---|---|---|---|---:|---:|---:|---|---|"]
+              "FLOPS d end | peak loss | collapsed | nDCG vs untrained (p) | nDCG vs healthy (p) | nDCG vs same F, k=1 (p) |",
+              "|---:|---:|---|---:|---|---|---|---|---|---:|---:|---:|---|---|---|"]
     for row in result["summary"]:
         active = {side: f"{row[f'active_{side}_init']['mean']:.0f} -> {row[f'active_{side}_end']['mean']:.0f}"
                   if row[f"active_{side}_init"] and row[f"active_{side}_end"] else "" for side in "dq"}
@@ -259,7 +261,7 @@ def _markdown(result: dict) -> str:
                      f"{_fmt(row['recall@100'])} | {active['d']} | {active['q']} | "
                      f"{row['flops_d_end']['mean'] if row['flops_d_end'] else float('nan'):.3g} | "
                      f"{row['peak_loss']['mean'] if row['peak_loss'] else float('nan'):.3g} | {row['collapsed']}/{row['seeds']} | "
-                     f"{_test(row['vs_reference'])} | {_test(row['vs_not_rescaled'])} |")
+                     f"{_test(row['vs_untrained'])} | {_test(row['vs_reference'])} | {_test(row['vs_not_rescaled'])} |")
     lines += ["", "Best fixed k per F against auto (auto within one seed standard deviation of the best?):", "",
               "| F | bias shift | best k | its nDCG@10 | auto's k | auto's nDCG@10 | gap | within one std |",
               "|---:|---:|---:|---|---:|---|---:|---|"]
@@ -316,7 +318,7 @@ def _plot_active(cells: list[Cell], runs: list[dict], path: Path) -> None:
 
 def k_sweep(model: str, data_source: str, negatives_index: Path, dataset: str, out: Path, *,
             factors: list[float], ks: list[float], seeds: int = 3, surrogate: str = "inflate", steps: int = 48,
-            batch_size: int = 8, lr: float = 1e-4, max_doc_length: int = 64,
+            batch_size: int = 8, lr: float = 2e-5, max_doc_length: int = 64,
             lambda_q: float = TrainConfig.lambda_q, lambda_d: float = TrainConfig.lambda_d,
             collapse_max_fraction: float = TrainConfig.collapse_max_fraction, eval_docs: int | None = 800,
             threads: int = 1) -> dict:
@@ -351,7 +353,7 @@ def k_sweep(model: str, data_source: str, negatives_index: Path, dataset: str, o
             runs.append({**run, "cell": cell.name, "factor": cell.factor, "shift": cell.shift, "k": cell.k,
                          "k_used": record["k"], "auto": record if "rule" in record else None})
             log.info("%s seed %d (trained as %s): nDCG@10 %.4f", cell.name, run["seed"], run["trained_as"], run["ndcg@10"])
-    summary = summarize(cells, runs)
+    summary = summarize(cells, runs, untrained[0])
     auto = next((run["auto"] for run in runs if run["auto"] and run["factor"] == 1), None)
     result = {"settings": {"model": model, "data": data_source, "surrogate": surrogate, "bias_shift": SURROGATES[surrogate],
                            "factors": factors, "ks": ks, "seeds": seeds, "steps": steps, "batch_size": batch_size, "lr": lr,

@@ -40,6 +40,10 @@ def test_k_sweep_trains_evaluates_and_reports_the_grid(model_path, triples, beir
     for row in summary.values():
         test = row["vs_reference"]
         assert row["cell"] == "F1-shift0-k1" or test is None or (test["pairs"] == 5 and 0 <= test["p"] <= 1)
+        # against the untrained model: one pair per judged query and seed, the difference of the means
+        test = row["vs_untrained"]
+        assert test is None or (test["pairs"] == 5 and 0 <= test["p"] <= 1 and test["difference"] == pytest.approx(
+            runs[row["cell"]]["ndcg@10"] - result["untrained"][0]["ndcg@10"]))
     assert [verdict["factor"] for verdict in result["best_k"]] == [1, 4]
     assert json.loads(out.with_suffix(".json").read_text())["summary"] == json.loads(json.dumps(result["summary"]))
     markdown = out.with_suffix(".md").read_text()
