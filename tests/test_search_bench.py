@@ -3,6 +3,7 @@ alone (real processes, real Lucene) rank the same hits, and every figure is ther
 
 import json
 
+from pipeline.report import report
 from pipeline.search_bench import search_bench
 
 from test_search import QUERY_VECTORS, VECTORS
@@ -28,3 +29,8 @@ def test_search_bench_compares_ours_with_pyserini_and_anserini_alone(beir_folder
     assert results["speedup_queries_per_second"] > 0 and results["fraction_of_anserini_java_queries_per_second"] > 0
     hits = (tmp_path / "work" / "ours_cli.trec").read_text().split()
     assert "d7#0" in hits and "d7#1" in hits  # both copies of the best document for q2
+    # make report renders this output (runs/search-bench.json) as written
+    text = report(tmp_path, tmp_path / "no-models", tmp_path / "report.md")
+    assert f"ours {results['speedup_queries_per_second']:.1f}x Pyserini's CLI end to end" in text
+    assert "rankings identical to Pyserini's and Anserini's: True." in text
+    assert all(f"| {name} | {results[name]['seconds']:.2f} |" in text for name in ("ours_cli", "pyserini_cli", "anserini_java"))
