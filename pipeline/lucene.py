@@ -29,12 +29,19 @@ from pipeline.errors import PipelineError
 MIN_JAVA = 21
 DEFAULT_HEAP = os.environ.get("PIPELINE_JAVA_HEAP", "4g")
 # A stage's JVM lives seconds to minutes, and a search of a few hundred queries spent a third of its CPU
-# in the C2 compiler, recompiling java.util.TimSort ~20 times as its array-store speculations failed one
-# by one. Recompiling a method at the first failed speculation at a bytecode (not the fourth), and
-# promoting to C2 only methods called or looping 2.5-6x longer than by default, cut C2's time by a fifth
-# and the SciFact x20 search by ~8 % (index stages unchanged).
-JIT_OPTIONS = ("-XX:PerBytecodeTrapLimit=1", "-XX:Tier4InvocationThreshold=30000", "-XX:Tier4CompileThreshold=40000",
-               "-XX:Tier4BackEdgeThreshold=100000")
+# in the C2 compiler. Recompiling a method at the first failed speculation at a bytecode (not the fourth),
+# and promoting to C2 only methods called or looping 2.5-6x longer than by default, cut C2's time by a
+# fifth and the SciFact x20 search by ~8 % (index stages unchanged). The parallel collector, whose write
+# barriers are simpler than G1's (the default) and whose pauses no stage notices, made that search ~7 %
+# faster again and the impact index stage ~8 % (alternated runs on 2 cores).
+JVM_OPTIONS = ("-XX:+UseParallelGC", "-XX:PerBytecodeTrapLimit=1", "-XX:Tier4InvocationThreshold=30000",
+               "-XX:Tier4CompileThreshold=40000", "-XX:Tier4BackEdgeThreshold=100000")
+# Searches, on top: C2 compiles java.util.TimSort (Lucene's MaxScore sorts its clauses) betting at each
+# array store that the Object[] it sorts is exactly Object[]; Lucene's are DisiWrapper[], so each of
+# some ten stores failed in turn, each a recompile (~0.7 s of C2 per search). Ending a kind of bet in a
+# method at its first failure there cut the SciFact x20 search by ~7 %, with no change warm; the impact
+# index stage ran ~3 % slower so, hence for searches only.
+SEARCH_JVM_OPTIONS = ("-XX:PerMethodTrapLimit=1",)
 
 
 class JavaError(PipelineError, RuntimeError):
@@ -107,8 +114,9 @@ def class_archive(java_home: Path, jar: Path) -> Path:
 
 
 @functools.cache
-def start_jvm(heap: str = DEFAULT_HEAP):
-    """Start the JVM once per process with Anserini on the classpath; return `jnius.autoclass`.
+def start_jvm(heap: str = DEFAULT_HEAP, options: tuple[str, ...] = ()):
+    """Start the JVM once per process with Anserini on the classpath, `JVM_OPTIONS` and `options` (those
+    of the call that starts it: `SEARCH_JVM_OPTIONS` from a search); return `jnius.autoclass`.
     With the class-data archive `make setup` built (`jvm_archive`), the JVM maps Lucene's and
     Anserini's classes already parsed rather than loading them from the jar."""
     import jnius_config
@@ -116,7 +124,7 @@ def start_jvm(heap: str = DEFAULT_HEAP):
     if not jnius_config.vm_running:
         java_home = find_java_home()
         os.environ["JAVA_HOME"] = str(java_home)
-        jnius_config.add_options(f"-Xmx{heap}", *JIT_OPTIONS)
+        jnius_config.add_options(f"-Xmx{heap}", *JVM_OPTIONS, *options)
         jar = anserini_jar()
         jnius_config.set_classpath(str(jar))  # pyjnius appends its own classes' folder
         if (archive := class_archive(java_home, jar)).is_file():
@@ -427,10 +435,10 @@ def search_collection(
 
 def search_collection_command(index_dir: Path, topics: Path, run: Path, *, k: int, threads: int,
                               remove_query: bool, tag: str, heap: str = DEFAULT_HEAP) -> list[str]:
-    """The same impact search as `search_collection`, as a `java` command line (the stages' heap and JIT
-    options): Anserini's own speed, with no Python in the way."""
+    """The same impact search as `search_collection`, as a `java` command line (the search stage's heap and
+    JVM options): Anserini's own speed, with no Python in the way."""
     java = find_java_home() / "bin" / "java"
-    return [str(java), f"-Xmx{heap}", *JIT_OPTIONS, "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
+    return [str(java), f"-Xmx{heap}", *JVM_OPTIONS, *SEARCH_JVM_OPTIONS, "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
             *_search_collection_options(index_dir, topics, run, impact=True, k=k, threads=threads,
                                         remove_query=remove_query, tag=tag, k1=0.9, b=0.4)]
 

@@ -90,6 +90,7 @@ recorded as another dataset's, are refused.
     else:
         topics = query_set.queries()
     run.parent.mkdir(parents=True, exist_ok=True)
+    lucene.start_jvm(options=lucene.SEARCH_JVM_OPTIONS)  # unless a stage before in this process started it
     if queries is not None and impact_search.searchable(index):
         with atomic_path(run) as staging:
             seconds, latencies = impact_search.search_impact(

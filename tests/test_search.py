@@ -2,8 +2,11 @@
 JVM and Lucene, on hand-made impact vectors (with ties and a query that is also a document) and on
 the tiny BEIR folder."""
 
+import ast
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy
 import pytest
@@ -14,7 +17,7 @@ from pipeline.impact_search import anserini_scores, java_f, run_lines, search_im
 from pipeline.index import index, split_for_threads
 from pipeline.search import reorder_ties, search, trec_order
 
-from conftest import DOCS, QUERIES, write_beir_folder
+from conftest import DOCS, QUERIES, ROOT, write_beir_folder
 
 # Scores are integer dot products: "q1" (a document too) scores 9000 for query q1, d7 8000, d1-d6 and
 # d10 tie at 5000; for q2, d7 and q1 tie at 9000, d1-d6 and d10 at 5000, d8 at 3000. Query q3 has no
@@ -94,6 +97,25 @@ def test_search_reports_throughput_and_single_thread_latency(impact_index, vecto
     assert result["threads"] == 2 and result["queries_per_second"] > 0
     assert result["latency_queries"] == 2  # q3 has no positive weight: nothing to search
     assert 0 < result["latency_p50_ms"] <= result["latency_p99_ms"]
+
+
+JVM_ARGUMENTS = ("from pipeline import lucene; print(list(lucene.start_jvm()('java.lang.management.ManagementFactory')"
+                 ".getRuntimeMXBean().getInputArguments().toArray()))")
+
+
+@pytest.mark.parametrize("stage", ["search", "index"])
+def test_a_search_starts_its_jvm_with_the_search_options_and_the_index_stage_without(impact_index, vectors,
+                                                                                        beir_folder, tmp_path, stage):
+    out, _ = impact_index
+    call = (f"search.search(Path({str(out)!r}), Path({str(tmp_path / 'run.trec')!r}), {str(beir_folder)!r}, "
+            f"queries=Path({str(vectors / 'queries.jsonl')!r}), k=5)" if stage == "search" else
+            f"index.index(Path({str(tmp_path / 'index')!r}), vectors=Path({str(vectors / 'docs')!r}), threads=1)")
+    script = f"from pathlib import Path\nfrom pipeline import index, search\n{call}\n{JVM_ARGUMENTS}"
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    arguments = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert set(lucene.JVM_OPTIONS) <= set(arguments)
+    assert (set(lucene.SEARCH_JVM_OPTIONS) <= set(arguments)) is (stage == "search")
 
 
 def test_bm25_java_run_equals_hits_read_back_one_by_one(tmp_path):
