@@ -137,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--copies", type=int, default=20)
     p.add_argument("--k", type=int, default=1000)
     p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--repeats", type=_positive_int, default=3, help="runs of each command, taken in turn (median)")
 
     p = stages.add_parser("eval", help="ranx metrics, comparison and leaderboard rows for runs")
     p.add_argument("--dataset", required=True)
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.search_bench import search_bench
 
             search_bench(args.encoded, args.queries, args.dataset, args.work, args.out, copies=args.copies, k=args.k,
-                         threads=args.threads)
+                         threads=args.threads, repeats=args.repeats)
         elif args.stage == "eval":
             from pipeline.eval import evaluate
 

@@ -8,7 +8,8 @@ to a size where search time shows (SciFact x 20: 103,660 documents with its 300 
   `python -m pyserini.search.lucene --impact` fed the same pre-encoded queries (Anserini's TSV of
   repeated terms, which Pyserini's default impact query encoder counts), both started as processes.
   Queries/s are given end to end (process start to exit) and at the margin (the difference with a
-  one-query run of the same command, so JVM start, imports and index opening cancel out). Rankings
+  one-query run of the same command, so JVM start, imports and index opening cancel out), each from
+  the median time of a few runs taken in turn (a shared machine's speed drifts by 10-30 % within minutes). Rankings
   are compared as trec_eval reads them (the same hits with the same scores for every query);
 - Anserini's own speed: the same search by Anserini's SearchCollection run with `java` alone (no
   Python), as Anserini searches (hits sorted by score then id, ids read from stored fields).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -99,8 +101,10 @@ def indexing_seconds(corpus: Path, work: Path, threads: int) -> dict[str, float]
     return seconds
 
 
-def search_comparison(index_dir: Path, queries: Path, dataset: str, work: Path, *, k: int, threads: int) -> dict:
-    """Our search stage and Pyserini's CLI on the same index, queries, k and threads (see the module's doc)."""
+def search_comparison(index_dir: Path, queries: Path, dataset: str, work: Path, *, k: int, threads: int,
+                      repeats: int) -> dict:
+    """Our search stage and Pyserini's CLI on the same index, queries, k and threads, each command's time the
+    median of `repeats` runs (see the module's doc)."""
     count = sum(1 for _ in read_jsonl(queries))
     results: dict = {"queries": count, "remove_query": data.load(dataset).queries_are_documents}
     in_stage = search(index_dir, work / "ours-in-process.trec", dataset, queries=queries, k=k, threads=threads)
@@ -125,15 +129,20 @@ def search_comparison(index_dir: Path, queries: Path, dataset: str, work: Path, 
         return lucene.search_collection_command(index_dir, topic_file, run, k=k, threads=threads,
                                                 remove_query=results["remove_query"], tag="anserini")
 
-    for name, command, all_queries, one_query in (("ours_cli", ours, queries, first_query),
-                                                  ("pyserini_cli", pyserini, topics, first_topic),
-                                                  ("anserini_java", anserini_alone, topics, first_topic)):
-        full = _timed(command(all_queries, work / f"{name}.trec"))
-        single = _timed(command(one_query, work / f"{name}-1.trec"))
+    contenders = (("ours_cli", ours, queries, first_query), ("pyserini_cli", pyserini, topics, first_topic),
+                  ("anserini_java", anserini_alone, topics, first_topic))
+    times: dict[str, dict[str, list[float]]] = {name: {"all": [], "one": []} for name, *_ in contenders}
+    for _ in range(repeats):  # in turn, so that a slow spell of a shared machine falls on each alike
+        for name, command, all_queries, one_query in contenders:
+            times[name]["all"].append(_timed(command(all_queries, work / f"{name}.trec")))
+            times[name]["one"].append(_timed(command(one_query, work / f"{name}-1.trec")))
+    for name, *_ in contenders:
+        full, single = statistics.median(times[name]["all"]), statistics.median(times[name]["one"])
         results[name] = {"seconds": full, "queries_per_second": count / full, "one_query_seconds": single,
-                         "marginal_queries_per_second": (count - 1) / (full - single)}
-        log.info("%s: %.1f s for %d queries (%.1f queries/s), %.1f s for one", name, full, count,
-                 results[name]["queries_per_second"], single)
+                         "marginal_queries_per_second": (count - 1) / (full - single),
+                         "seconds_each_run": times[name]["all"], "one_query_seconds_each_run": times[name]["one"]}
+        log.info("%s: %.1f s for %d queries (%.1f queries/s), %.1f s for one (medians of %d runs)", name, full, count,
+                 results[name]["queries_per_second"], single, repeats)
     ours_run = _rankings(work / "ours_cli.trec")
     for peer in ("pyserini_cli", "anserini_java"):
         theirs = _rankings(work / f"{peer}.trec")
@@ -148,14 +157,15 @@ def search_comparison(index_dir: Path, queries: Path, dataset: str, work: Path, 
 
 
 def search_bench(encoded: Path, queries: Path, dataset: str, work: Path, out: Path, *, copies: int = 20,
-                 k: int = 1000, threads: int = 2) -> dict:
+                 k: int = 1000, threads: int = 2, repeats: int = 3) -> dict:
     """Index `encoded` (encode's output for `dataset`'s corpus) replicated `copies` times under `work`
     and search it with `queries` (`dataset`'s, encoded); write the figures to `out` and return them."""
     documents = replicate(encoded / "docs", copies, work / "corpus")
     log.info("%d documents, k=%d, %d threads", documents, k, threads)
     results = {"dataset": dataset, "documents": documents, "k": k, "threads": threads, "cpus": os.cpu_count(),
+               "repeats": repeats,
                "indexing_seconds": indexing_seconds(work / "corpus", work, threads),
-               **search_comparison(work / "index", queries, dataset, work, k=k, threads=threads)}
+               **search_comparison(work / "index", queries, dataset, work, k=k, threads=threads, repeats=repeats)}
     write_json(out, results)
     log.info("ours %.1fx Pyserini's CLI end to end, %.1fx at the margin; %.0f%% of Anserini's own speed in Java "
              "(%.0f%% at the margin); identical rankings: %s (details in %s)",
