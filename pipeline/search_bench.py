@@ -9,8 +9,9 @@ to a size where search time shows (SciFact x 20: 103,660 documents with its 300 
   repeated terms, which Pyserini's default impact query encoder counts), both started as processes.
   Queries/s are given end to end (process start to exit) and at the margin (the difference with a
   one-query run of the same command, so JVM start, imports and index opening cancel out), each from
-  the median time of a few runs taken in turn (a shared machine's speed drifts by 10-30 % within minutes). Rankings
-  are compared as trec_eval reads them (the same hits with the same scores for every query);
+  the median time of a few runs taken in turn (a shared machine's speed drifts by 10-30 % within
+  minutes). Rankings are compared as trec_eval reads them (the same hits with the same scores for
+  every query);
 - Anserini's own speed: the same search by Anserini's SearchCollection run with `java` alone (no
   Python), as Anserini searches (hits sorted by score then id, ids read from stored fields).
 """
