@@ -438,7 +438,8 @@ def search_collection_command(index_dir: Path, topics: Path, run: Path, *, k: in
     """The same impact search as `search_collection`, as a `java` command line (the search stage's heap and
     JVM options): Anserini's own speed, with no Python in the way."""
     java = find_java_home() / "bin" / "java"
-    return [str(java), f"-Xmx{heap}", *JVM_OPTIONS, *SEARCH_JVM_OPTIONS, "-cp", str(anserini_jar()), "io.anserini.search.SearchCollection",
+    return [str(java), f"-Xmx{heap}", *JVM_OPTIONS, *SEARCH_JVM_OPTIONS, "-cp", str(anserini_jar()),
+            "io.anserini.search.SearchCollection",
             *_search_collection_options(index_dir, topics, run, impact=True, k=k, threads=threads,
                                         remove_query=remove_query, tag=tag, k1=0.9, b=0.4)]
 

@@ -78,7 +78,8 @@ def _search_speed(runs: Path) -> list[str]:
     bench = json.loads(path.read_text())
     identical = all(bench[f"identical_rankings_{peer}"] for peer in ("pyserini_cli", "anserini_java"))
     lines = [f"{bench['documents']} documents, {bench['queries']} queries, k={bench['k']}, {bench['threads']} threads "
-             f"({bench['cpus']} CPUs), median of {bench.get('repeats', 1)} runs each: ours {bench['speedup_queries_per_second']:.1f}x Pyserini's CLI end to end, "
+             f"({bench['cpus']} CPUs), median of {bench.get('repeats', 1)} runs each: "
+             f"ours {bench['speedup_queries_per_second']:.1f}x Pyserini's CLI end to end, "
              f"{bench['speedup_marginal_queries_per_second']:.1f}x at the margin; rankings identical to Pyserini's "
              f"and Anserini's: {identical}.", "",
              "| search | seconds | queries/s |", "|---|---:|---:|"]
