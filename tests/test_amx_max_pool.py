@@ -2,12 +2,16 @@
 and the projection it screens gives the same weights as the torch screen. On a CPU with AMX the kernel
 must build and run; elsewhere its tests are skipped, saying so, and the torch screen runs."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from pipeline.splade import amx_max_pool
 from pipeline.splade.screened_projection import ScreenedProjection, _padding_as_first_token, accumulation_factor, cpu_flags
 
+from conftest import ROOT
 from test_screened_projection import exact_weights, random_case
 
 HAS_AMX = {"amx_tile", "amx_bf16"} <= cpu_flags()
@@ -83,6 +87,32 @@ def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, d
     torch.testing.assert_close(maxima[documents != 4].double(), expected[documents != 4], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="multiple of 32"):
         amx_max_pool.max_dots(amx_max_pool.load(), states[:, :31], weight, documents, terms)
+
+
+# In a child process, whose address space is then capped just above what it holds: the recheck's buffer
+# for a document's states (128 MB) cannot be had.
+RECHECK_WITHOUT_MEMORY = """
+import resource, torch
+from pipeline.splade import amx_max_pool
+library = amx_max_pool.load()
+states, weight = torch.zeros(1, 2048, 16384), torch.zeros(4, 16384)
+documents, terms = torch.zeros(3, dtype=torch.int64), torch.arange(3)
+amx_max_pool.max_dots(library, states[:, :32, :64].contiguous(), weight[:, :64].contiguous(), documents, terms)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 64 * 2**20, resource.RLIM_INFINITY))
+try:
+    amx_max_pool.max_dots(library, states, weight, documents, terms)
+except MemoryError as error:
+    print(error)
+"""
+
+
+@needs_amx
+def test_a_recheck_without_memory_for_its_buffers_says_so():
+    result = subprocess.run([sys.executable, "-c", RECHECK_WITHOUT_MEMORY], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ("the recheck kernel could not allocate its buffers per thread: a document's states "
+                                     "(2048 x 16384 floats) and an index per candidate of a document (up to 3)")
 
 
 @needs_amx

@@ -183,5 +183,7 @@ def max_dots(library: ctypes.CDLL, states: torch.Tensor, weight: torch.Tensor, d
     out = torch.empty(terms.numel())
     if library.max_dots(states.data_ptr(), weight.data_ptr(), starts.data_ptr(), terms.data_ptr(),
                         None if blocks is None else blocks.data_ptr(), out.data_ptr(), count, length, hidden):
-        raise MemoryError(f"the recheck kernel could not allocate {length} x {hidden} floats per thread")
+        most = int(starts.diff().max()) if count else 0
+        raise MemoryError(f"the recheck kernel could not allocate its buffers per thread: a document's states "
+                          f"({length} x {hidden} floats) and an index per candidate of a document (up to {most})")
     return out
