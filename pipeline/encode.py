@@ -152,9 +152,10 @@ def _tokenized(encoder, batches: Iterable[list[data.Document]], max_length: int)
         yield batch, filled, tokens, truncated
 
 
-def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write, what, total=None) -> Counts:
-    """Reading and tokenizing run ahead in one thread, the model in this one, and building and writing
-    the records behind in another (`pipeline.background`)."""
+def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write, what, total=None, label="") -> Counts:
+    """Encode `texts` (`what` they are, the progress bar's unit; `label` goes on after it in the bar's title).
+    Reading and tokenizing run ahead in one thread, the model in this one, and building and writing the
+    records behind in another (`pipeline.background`)."""
     counts, started = Counts(), time.perf_counter()
 
     def emit(job: tuple[list[data.Document], list[int], Quantized | None]) -> None:
@@ -170,7 +171,7 @@ def encode_texts(encoder, texts, terms, *, max_length, scale, batch_size, write,
         counts.texts += len(batch)
         progress.update(len(batch))
 
-    with Progress(total=total, desc=f"encode {what}", unit=what) as progress, Sink(emit) as sink:
+    with Progress(total=total, desc=f"encode {what}{label}", unit=what) as progress, Sink(emit) as sink:
         for batch, filled, tokens, truncated in prefetch(_tokenized(encoder, length_sorted_batches(texts, batch_size), max_length)):
             entries = None if tokens is None else quantized_entries(encoder.sparse_weights(tokens), scale)
             counts.truncated += truncated
@@ -318,7 +319,7 @@ def _encode_parts(store: PartStore, plan: Plan, ranks, corpus: data.Corpus, enco
                 encoder, corpus.docs(*span), terms, max_length=max_doc_length, scale=scale, batch_size=batch_size,
                 write=lambda doc, vector: writer.add(
                     {"id": doc.id, "contents": doc.text, "vector": vector or {EMPTY_VECTOR_TERM: 1}}),
-                what=f"docs, part {part + 1}/{plan.parts}", total=span[1] - span[0],
+                what="docs", label=f", part {part + 1}/{plan.parts}", total=span[1] - span[0],
             )
             writer.extra = {"counts": asdict(counts)}
 

@@ -85,12 +85,13 @@ def run_lines(qid: str, docids: list[bytes], scores: numpy.ndarray, *, remove_qu
         at = docids.index(own)
         docids, printed = docids[:at] + docids[at + 1:], printed[:at] + printed[at + 1:]
     count = len(docids)
-    if count > 1 and any(map(bytes.__eq__, printed[1:], printed[:-1])):
-        first = numpy.flatnonzero(numpy.concatenate([[True], numpy.array(printed[1:]) != numpy.array(printed[:-1])]))
+    starts = numpy.fromiter(map(bytes.__ne__, printed[1:], printed[:-1]), dtype=bool, count=max(count - 1, 0))
+    if not starts.all():
+        first = numpy.flatnonzero(numpy.concatenate([[True], starts]))
         last = numpy.append(first[1:], count) - 1
         block = numpy.repeat(numpy.arange(len(first)), last - first + 1)
         order = first[block] + last[block] - numpy.arange(count)  # each block read backwards
-        docids = [docids[at] for at in order.tolist()]
+        docids = list(map(docids.__getitem__, order.tolist()))
     escaped = [field.encode().replace(b"%", b"%%") for field in (qid, tag)]
     fields: list = [None] * (3 * count)
     fields[0::3], fields[1::3], fields[2::3] = docids, range(1, count + 1), printed

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import operator
 import os
 import re
 import subprocess
@@ -298,10 +297,32 @@ def _json_mapper_class():
     class ObjectMapper(JavaClass, metaclass=MetaJavaClass):
         __javaclass__ = "com/fasterxml/jackson/databind/ObjectMapper"
         writeValueAsString = JavaMethod("(Ljava/lang/Object;)Ljava/lang/String;")
+        configure = JavaMethod("(Lcom/fasterxml/jackson/databind/MapperFeature;Z)Lcom/fasterxml/jackson/databind/ObjectMapper;")
+        configOverride = JavaMethod("(Ljava/lang/Class;)Lcom/fasterxml/jackson/databind/cfg/MutableConfigOverride;")
         readerFor = JavaMethod("(Lcom/fasterxml/jackson/databind/JavaType;)Lcom/fasterxml/jackson/databind/ObjectReader;")
         getTypeFactory = JavaMethod("()Lcom/fasterxml/jackson/databind/type/TypeFactory;")
 
     return ObjectMapper
+
+
+_HITS_START, _NO_BRACKETS = '{"scoreDocs":', str.maketrans("", "", "[]")
+
+
+def _hits_mapper():
+    """A Jackson ObjectMapper (`_json_mapper_class`) that writes Lucene's TopDocs as `_HITS_START` and
+    `[[doc,score],...]}`: each hit an array of its fields in name order, without its shard, and no
+    total hit count."""
+    autoclass = start_jvm()
+    mapper, java_class = _json_mapper_class()(), autoclass("java.lang.Class")
+    mapper.configure(autoclass("com.fasterxml.jackson.databind.MapperFeature").SORT_PROPERTIES_ALPHABETICALLY, True)
+    mapper.configOverride(java_class.forName("org.apache.lucene.search.ScoreDoc")).setFormat(
+        autoclass("com.fasterxml.jackson.annotation.JsonFormat$Value").forShape(
+            autoclass("com.fasterxml.jackson.annotation.JsonFormat$Shape").ARRAY))
+    ignored = autoclass("com.fasterxml.jackson.annotation.JsonIgnoreProperties$Value")
+    for of_class, field in (("org.apache.lucene.search.ScoreDoc", "shardIndex"), ("org.apache.lucene.search.TopDocs", "totalHits")):
+        mapper.configOverride(java_class.forName(of_class)).setIgnorals(ignored.forIgnoredProperties(
+            field, signature="([Ljava/lang/String;)Lcom/fasterxml/jackson/annotation/JsonIgnoreProperties$Value;"))
+    return mapper
 
 
 class ImpactSearcher:
@@ -313,7 +334,8 @@ class ImpactSearcher:
     by ImpactSimilarity. The k hits are Lucene's (higher score first, then lower docid), with the
     block-max pruning that Anserini's sort by score then id turns off; on an index sorted by id
     (`sorted_by_id`) they are Anserini's hits. Weights and hits cross between Python and Java as one
-    JSON string each way per query (Jackson, inside Anserini's jar), not through pyjnius object by object."""
+    JSON string each way per query (Jackson, inside Anserini's jar), not through pyjnius object by object;
+    the hits as `{"scoreDocs":[[doc,score],...]}`, which Python reads as one flat list of numbers."""
 
     def __init__(self, index_dir: Path):
         autoclass = start_jvm()
@@ -322,7 +344,7 @@ class ImpactSearcher:
             self.reader, signature="(Lorg/apache/lucene/index/IndexReader;)V")
         self.searcher.setSimilarity(autoclass("io.anserini.search.similarity.ImpactSimilarity")())
         self.queries = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
-        self.json = _json_mapper_class()()
+        self.json = _hits_mapper()
         self.weights = self.json.readerFor(self.json.getTypeFactory().constructMapType(
             autoclass("java.util.HashMap"), autoclass("java.lang.String"), autoclass("java.lang.Float")))
 
@@ -341,9 +363,11 @@ class ImpactSearcher:
         """Lucene docids (int64) and scores (float32) of the `k` best hits of the query of positive
         integer `weights`, best first."""
         query = self.queries.buildQuery("contents", self.weights.readValue(orjson.dumps(weights).decode()))
-        hits = orjson.loads(self.json.writeValueAsString(self.searcher.search(query, k)))["scoreDocs"]
-        return (numpy.array(list(map(operator.itemgetter("doc"), hits)), dtype=numpy.int64),
-                numpy.array(list(map(operator.itemgetter("score"), hits)), dtype=numpy.float32))
+        hits = self.json.writeValueAsString(self.searcher.search(query, k))
+        if not hits.startswith(_HITS_START):
+            raise SearchError(f"Jackson wrote hits as {hits[:60]!r}, not {_HITS_START}[[doc,score],...]}}")
+        flat = numpy.array(orjson.loads(f"[{hits[len(_HITS_START):-1].translate(_NO_BRACKETS)}]"), dtype=numpy.float64)
+        return flat[0::2].astype(numpy.int64), flat[1::2].astype(numpy.float32)
 
     def close(self) -> None:
         self.reader.close()
