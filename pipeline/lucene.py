@@ -203,7 +203,8 @@ class ImpactIndexWriter:
     fields, codec and ImpactSimilarity: searches give the same runs), without repeating each term as
     often as its impact: a term and its impact go in as one token (`term\\x01impact`) whose term
     frequency Lucene's DelimitedTermFrequencyTokenFilter sets. Anserini's expansion tokenizes ~70
-    tokens per posting on SPLADE vectors; this writer, one.
+    tokens per posting on SPLADE vectors; this writer, one. And without norms: ImpactSimilarity gives
+    every document norm 1 and never reads it, while Lucene would read it for each posting it scores.
 
     `add` a document at a time; on a clean exit the index is committed, after an error rolled back."""
 
@@ -230,6 +231,7 @@ class ImpactIndexWriter:
         # One document whose fields are refilled for each: Lucene's way to index without garbage.
         contents_type = autoclass("org.apache.lucene.document.FieldType")()
         contents_type.setIndexOptions(autoclass("org.apache.lucene.index.IndexOptions").DOCS_AND_FREQS)
+        contents_type.setOmitNorms(True)
         contents_type.freeze()
         self._bytes = autoclass("org.apache.lucene.util.BytesRef")
         self.id = autoclass("org.apache.lucene.document.StringField")(

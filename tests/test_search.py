@@ -184,11 +184,12 @@ def test_impact_index_searches_as_anserinis_own(impact_index, vectors, beir_fold
     assert (tmp_path / "ours.trec").read_text() == (tmp_path / "anserini.trec").read_text()
 
 
-def test_impact_index_is_one_segment_in_id_order_with_its_docid_table(impact_index):
+def test_impact_index_is_one_segment_in_id_order_with_its_docid_table_and_no_norms(impact_index):
     out, _ = impact_index
     searcher = lucene.ImpactSearcher(out)
     try:
         assert searcher.sorted_by_id() and searcher.reader.leaves().size() == 1
+        assert not searcher.reader.leaves().get(0).reader().getFieldInfos().fieldInfo("contents").hasNorms()
     finally:
         searcher.close()
     assert (out / DOCIDS).read_text().splitlines() == sorted(VECTORS)
