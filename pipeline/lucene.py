@@ -291,6 +291,21 @@ def write_docids(index_dir: Path, path: Path) -> int:
 
 
 @functools.cache
+def _index_searcher_class():
+    """Lucene's IndexSearcher with the methods used here declared: pyjnius would pick the overload
+    `search(Query, CollectorManager)` for a collector."""
+    start_jvm()
+    from jnius import JavaClass, JavaMethod, MetaJavaClass
+
+    class IndexSearcher(JavaClass, metaclass=MetaJavaClass):
+        __javaclass__ = "org/apache/lucene/search/IndexSearcher"
+        __javaconstructor__ = [("(Lorg/apache/lucene/index/IndexReader;)V", False)]
+        setSimilarity = JavaMethod("(Lorg/apache/lucene/search/similarities/Similarity;)V")
+        search = JavaMethod("(Lorg/apache/lucene/search/Query;Lorg/apache/lucene/search/Collector;)V")
+
+    return IndexSearcher
+
+
 def _json_mapper_class():
     """Jackson's ObjectMapper (inside Anserini's jar) with the overloads used here picked out."""
     start_jvm()
@@ -308,6 +323,7 @@ def _json_mapper_class():
 
 
 _HITS_START, _NO_BRACKETS = '{"scoreDocs":', str.maketrans("", "", "[]")
+_TOTAL_HITS_THRESHOLD = 1000  # IndexSearcher.TOTAL_HITS_THRESHOLD
 
 
 def _hits_mapper():
@@ -342,8 +358,9 @@ class ImpactSearcher:
     def __init__(self, index_dir: Path):
         autoclass = start_jvm()
         self.reader = _open_reader(index_dir)
-        self.searcher = autoclass("org.apache.lucene.search.IndexSearcher")(
-            self.reader, signature="(Lorg/apache/lucene/index/IndexReader;)V")
+        self.searcher = _index_searcher_class()(self.reader)
+        self.collectors = autoclass("org.apache.lucene.search.TopScoreDocCollector")
+        self.most_hits = max(1, self.reader.maxDoc())  # a collector of no hit cannot be made
         self.searcher.setSimilarity(autoclass("io.anserini.search.similarity.ImpactSimilarity")())
         self.queries = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self.json = _hits_mapper()
@@ -365,7 +382,11 @@ class ImpactSearcher:
         """Lucene docids (int64) and scores (float32) of the `k` best hits of the query of positive
         integer `weights`, best first."""
         query = self.queries.buildQuery("contents", self.weights.readValue(orjson.dumps(weights).decode()))
-        hits = self.json.writeValueAsString(self.searcher.search(query, k))
+        # IndexSearcher.search(query, k)'s collector (k at most the documents, hits counted exactly up to
+        # 1000), without the collector manager that would merge one collector's hits into a copy
+        top = self.collectors.create(min(k, self.most_hits), _TOTAL_HITS_THRESHOLD)
+        self.searcher.search(query, top)
+        hits = self.json.writeValueAsString(top.topDocs())
         if not hits.startswith(_HITS_START):
             raise SearchError(f"Jackson wrote hits as {hits[:60]!r}, not {_HITS_START}[[doc,score],...]}}")
         flat = numpy.array(orjson.loads(f"[{hits[len(_HITS_START):-1].translate(_NO_BRACKETS)}]"), dtype=numpy.float64)
