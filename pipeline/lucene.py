@@ -364,8 +364,9 @@ class ImpactSearcher:
         self.searcher.setSimilarity(autoclass("io.anserini.search.similarity.ImpactSimilarity")())
         self.queries = autoclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self.json = _hits_mapper()
+        named = autoclass("java.lang.Class").forName  # not autoclass: pyjnius would wrap each class (~17 ms)
         self.weights = self.json.readerFor(self.json.getTypeFactory().constructMapType(
-            autoclass("java.util.HashMap"), autoclass("java.lang.String"), autoclass("java.lang.Float")))
+            named("java.util.HashMap"), named("java.lang.String"), named("java.lang.Float")))
 
     def sorted_by_id(self) -> bool:
         """One segment, without deletions, whose documents are in id order (as `ImpactIndexWriter`
