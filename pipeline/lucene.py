@@ -174,23 +174,26 @@ _CHARSEQUENCE_FIELD = "(Ljava/lang/String;Ljava/lang/CharSequence;Lorg/apache/lu
 
 
 @functools.cache
-def _index_writer_class():
-    """Lucene's IndexWriter with the methods used here declared: pyjnius cannot pick
-    `addIndexes(Directory...)` out of its overloads by itself (nor pass it a Directory[])."""
+def _declared_class(name: str, constructor: str | None = None, **methods: str):
+    """The Java class `name` (a/b/C) with only `constructor` and `methods` (name=signature) declared, for
+    pyjnius: where it cannot pick an overload by itself, or would reflect on all of a class's methods."""
     start_jvm()
     from jnius import JavaClass, JavaMethod, MetaJavaClass
 
-    class IndexWriter(JavaClass, metaclass=MetaJavaClass):
-        __javaclass__ = "org/apache/lucene/index/IndexWriter"
-        __javaconstructor__ = [("(Lorg/apache/lucene/store/Directory;Lorg/apache/lucene/index/IndexWriterConfig;)V", False)]
-        addDocument = JavaMethod("(Ljava/lang/Iterable;)J")
-        addIndexes = JavaMethod("([Lorg/apache/lucene/store/Directory;)J")
-        forceMerge = JavaMethod("(I)V")
-        commit = JavaMethod("()J")
-        close = JavaMethod("()V")
-        rollback = JavaMethod("()V")
+    attributes = {"__javaclass__": name, **{method: JavaMethod(signature) for method, signature in methods.items()}}
+    if constructor is not None:
+        attributes["__javaconstructor__"] = [(constructor, False)]
+    return MetaJavaClass(name.rsplit("/", 1)[-1], (JavaClass,), attributes)
 
-    return IndexWriter
+
+def _index_writer_class():
+    """Lucene's IndexWriter: pyjnius cannot pick `addIndexes(Directory...)` out of its overloads by
+    itself (nor pass it a Directory[])."""
+    return _declared_class(
+        "org/apache/lucene/index/IndexWriter",
+        "(Lorg/apache/lucene/store/Directory;Lorg/apache/lucene/index/IndexWriterConfig;)V",
+        addDocument="(Ljava/lang/Iterable;)J", addIndexes="([Lorg/apache/lucene/store/Directory;)J",
+        forceMerge="(I)V", commit="()J", close="()V", rollback="()V")
 
 
 def _directory(folder: Path):
@@ -290,36 +293,24 @@ def write_docids(index_dir: Path, path: Path) -> int:
         reader.close()
 
 
-@functools.cache
 def _index_searcher_class():
-    """Lucene's IndexSearcher with the methods used here declared: pyjnius would pick the overload
-    `search(Query, CollectorManager)` for a collector."""
-    start_jvm()
-    from jnius import JavaClass, JavaMethod, MetaJavaClass
-
-    class IndexSearcher(JavaClass, metaclass=MetaJavaClass):
-        __javaclass__ = "org/apache/lucene/search/IndexSearcher"
-        __javaconstructor__ = [("(Lorg/apache/lucene/index/IndexReader;)V", False)]
-        setSimilarity = JavaMethod("(Lorg/apache/lucene/search/similarities/Similarity;)V")
-        search = JavaMethod("(Lorg/apache/lucene/search/Query;Lorg/apache/lucene/search/Collector;)V")
-
-    return IndexSearcher
+    """Lucene's IndexSearcher: pyjnius would pick the overload `search(Query, CollectorManager)` for a
+    collector."""
+    return _declared_class(
+        "org/apache/lucene/search/IndexSearcher", "(Lorg/apache/lucene/index/IndexReader;)V",
+        setSimilarity="(Lorg/apache/lucene/search/similarities/Similarity;)V",
+        search="(Lorg/apache/lucene/search/Query;Lorg/apache/lucene/search/Collector;)V")
 
 
 def _json_mapper_class():
     """Jackson's ObjectMapper (inside Anserini's jar) with the overloads used here picked out."""
-    start_jvm()
-    from jnius import JavaClass, JavaMethod, MetaJavaClass
-
-    class ObjectMapper(JavaClass, metaclass=MetaJavaClass):
-        __javaclass__ = "com/fasterxml/jackson/databind/ObjectMapper"
-        writeValueAsString = JavaMethod("(Ljava/lang/Object;)Ljava/lang/String;")
-        configure = JavaMethod("(Lcom/fasterxml/jackson/databind/MapperFeature;Z)Lcom/fasterxml/jackson/databind/ObjectMapper;")
-        configOverride = JavaMethod("(Ljava/lang/Class;)Lcom/fasterxml/jackson/databind/cfg/MutableConfigOverride;")
-        readerFor = JavaMethod("(Lcom/fasterxml/jackson/databind/JavaType;)Lcom/fasterxml/jackson/databind/ObjectReader;")
-        getTypeFactory = JavaMethod("()Lcom/fasterxml/jackson/databind/type/TypeFactory;")
-
-    return ObjectMapper
+    return _declared_class(
+        "com/fasterxml/jackson/databind/ObjectMapper", "()V",
+        writeValueAsString="(Ljava/lang/Object;)Ljava/lang/String;",
+        configure="(Lcom/fasterxml/jackson/databind/MapperFeature;Z)Lcom/fasterxml/jackson/databind/ObjectMapper;",
+        configOverride="(Ljava/lang/Class;)Lcom/fasterxml/jackson/databind/cfg/MutableConfigOverride;",
+        readerFor="(Lcom/fasterxml/jackson/databind/JavaType;)Lcom/fasterxml/jackson/databind/ObjectReader;",
+        getTypeFactory="()Lcom/fasterxml/jackson/databind/type/TypeFactory;")
 
 
 _HITS_START, _NO_BRACKETS = '{"scoreDocs":', str.maketrans("", "", "[]")
