@@ -328,7 +328,8 @@ def _hits_mapper():
         autoclass("com.fasterxml.jackson.annotation.JsonFormat$Value").forShape(
             autoclass("com.fasterxml.jackson.annotation.JsonFormat$Shape").ARRAY))
     ignored = autoclass("com.fasterxml.jackson.annotation.JsonIgnoreProperties$Value")
-    for of_class, field in (("org.apache.lucene.search.ScoreDoc", "shardIndex"), ("org.apache.lucene.search.TopDocs", "totalHits")):
+    for of_class, field in (("org.apache.lucene.search.ScoreDoc", "shardIndex"),
+                            ("org.apache.lucene.search.TopDocs", "totalHits")):
         mapper.configOverride(java_class.forName(of_class)).setIgnorals(ignored.forIgnoredProperties(
             field, signature="([Ljava/lang/String;)Lcom/fasterxml/jackson/annotation/JsonIgnoreProperties$Value;"))
     return mapper
