@@ -43,7 +43,7 @@ JVM_OPTIONS = ("-XX:+UseParallelGC", "-XX:PerBytecodeTrapLimit=1", "-XX:Tier4Inv
 # index stage ran ~3 % slower so, hence for searches only.
 # And in a run of a few hundred queries, C2 earns back its compile time only on the code that runs per
 # posting (decoding, scoring): the code that runs per query, term or window of documents (term dictionary
-# lookups, building the query, sorting its clauses, merging its hits, JSON both ways) is compiled after
+# lookups, building the query, sorting its clauses, gathering its hits, JSON both ways) is compiled after
 # ten times as many calls. C2's time in the SciFact x20 search fell from ~1.9 s to ~1.1 s, and the search
 # by ~5 %; a long run still compiles that code, a few hundred queries in.
 _PER_QUERY_CODE = ("org.apache.lucene.util.fst.*", "org.apache.lucene.codecs.lucene90.blocktree.*",
