@@ -53,7 +53,8 @@ def projection_rate(model: str, texts: list[str], *, max_length: int, batch_size
                 run()
                 seconds[part] += time.perf_counter() - started
             flops += 2 * int(mask.sum()) * states.shape[-1] * projection.vocab_size
-    return {"screening_dtype": str(projection.dtype).removeprefix("torch."), "amx_kernel": projection.amx is not None,
+    return {"screening_dtype": str(projection.dtype).removeprefix("torch."),
+            "screen_kernel": projection.fused and projection.fused.instructions,
             "projection_gflops": flops / seconds["whole"] / 1e9, "screen_gflops": flops / seconds["screen"] / 1e9,
             "projection_flops": flops}
 
@@ -147,6 +148,7 @@ def bench(model: str, dataset: str, out: Path, markdown: Path, *, docs: int = 10
 
 def format_markdown(results: dict) -> str:
     roof, projection, exact = results["roofline"], results["projection"], results["exactness"]
+    kernel = f" on the {projection['screen_kernel']} kernel" if projection["screen_kernel"] else ""
     lines = [
         f"# Encoding benchmark: {results['model']} on {results['docs']} {results['dataset']} documents",
         f"max length {results['max_length']}, batches of {results['batch_size']}, {results['threads']} threads, "
@@ -164,7 +166,7 @@ def format_markdown(results: dict) -> str:
     lines += [f"| {dtype} | " + " | ".join(f"{rate:.0f}" for rate in rates.values()) + " |"
               for dtype, rates in roof["gflops"].items()]
     lines += [
-        "", f"Projection ({projection['screening_dtype']} screen{' on the AMX kernel' if projection['amx_kernel'] else ''}), "
+        "", f"Projection ({projection['screening_dtype']} screen{kernel}), "
         f"as GFLOP/s of the dense projection over real tokens; the best measured GEMM is {roof['best_gflops']:.0f} ({roof['best_at']}):",
         f"- screen (low-precision product, max-pool, bound): {projection['screen_gflops']:.0f} GFLOP/s, "
         f"{100 * projection['screen_fraction_of_best_gemm']:.0f} % of the best GEMM;",

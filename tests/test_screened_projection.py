@@ -91,8 +91,8 @@ def test_real_model_weights_equal_the_plain_fp32_computation(encoder):
     assert (ours > 0).sum(dim=1).min() > 10
 
 
-@pytest.mark.parametrize("amx", [True, False], ids=["amx-kernel-if-any", "torch-screen"])
-def test_left_padding_is_never_pooled(amx):
+@pytest.mark.parametrize("kernels", [True, False], ids=["c-kernel-if-any", "torch-screen"])
+def test_left_padding_is_never_pooled(kernels):
     """A tokenizer that pads on the left puts padding first: padding positions take a copy of the first
     *real* token, so the weights are the masked max (they took the padding's own state before)."""
     states, mask, weight, bias = random_case(6, length=12)
@@ -101,7 +101,7 @@ def test_left_padding_is_never_pooled(amx):
     states_left = torch.stack([document.roll(len(row) - int(row.sum()), dims=0) for document, row in zip(states, mask)])
     assert all(torch.equal(row, torch.arange(len(row)) >= len(row) - row.sum()) for row in left)
     assert (left[:, 0] == 0).sum() == len(left) - 1
-    ours = ScreenedProjection(weight, bias, amx=amx)(states_left + 100 * (1 - left).unsqueeze(-1), left)
+    ours = ScreenedProjection(weight, bias, kernels=kernels)(states_left + 100 * (1 - left).unsqueeze(-1), left)
     torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
 
 
@@ -146,7 +146,7 @@ def test_a_bias_far_below_the_products_keeps_the_torch_screen_selective(dtype):
     mask = torch.ones(states.shape[:2], dtype=torch.long)
     products = (states.double() @ weight.double().T).amax(dim=1)
     bias = torch.full((weight.shape[0],), -products.flatten().quantile(0.98).item())
-    projection = ScreenedProjection(weight, bias, dtype=dtype, amx=False)
+    projection = ScreenedProjection(weight, bias, dtype=dtype, kernels=False)
     candidates, positives = int((projection.screen(states) > 0).sum()), int((products + bias > 0).sum())
     assert 0 < positives <= candidates <= 2 * positives
     torch.testing.assert_close(projection(states, mask).double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
@@ -159,7 +159,7 @@ def test_the_output_stays_exact_under_reduced_fp32_matmul_precision(dtype):
     states, mask, weight, bias = random_case(3, hidden=64)
     torch.set_float32_matmul_precision("medium")
     try:
-        ours = ScreenedProjection(weight, bias, dtype=dtype, amx=False)(states, mask)
+        ours = ScreenedProjection(weight, bias, dtype=dtype, kernels=False)(states, mask)
     finally:
         torch.set_float32_matmul_precision("highest")
     torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)

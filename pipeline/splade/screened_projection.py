@@ -14,8 +14,8 @@ multiply-adds per token, ~90 % of encoding. A document has a few hundred positiv
    (fp32 sums in another order than torch's GEMM: the last bit may differ, which a quantized weight
    shows only when it lies that close to a rounding boundary; `make bench` counts such entries.)
 
-On a CPU with AMX the screen is a fused C kernel (`amx_max_pool`) that max-pools each tile of logits
-as it leaves the tile registers and adds the bound in the same pass (the steps around it, and the
+On a CPU with AMX or AVX512-BF16 the screen is a fused C kernel (`screen_kernels`) that max-pools each block
+of logits as it leaves the registers and adds the bound in the same pass (the steps around it, and the
 recheck, are C passes of the same source). Its output stays fp32 and it knows each rounding residual
 r = x - bf16(x), so its bound is tighter (`accumulation_factor`): ~1.15 candidates per positive weight
 on SciFact, against ~1.75 for the worst-case bound above. It also names the block of 32 tokens that
@@ -35,18 +35,18 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from pipeline.splade import amx_max_pool
+from pipeline.splade import screen_kernels
+from pipeline.splade.screen_kernels import cpu_flags
 
 # Unit roundoff of each screening dtype, and the integer type its bits are read as.
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 BITS_AS_INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 FP32_UNIT_ROUNDOFF = 2.0**-24
-# bf16 GEMMs on AMX (and maybe oneDNN's elsewhere) flush subnormal inputs and results to zero: each of the
+# bf16 products on AMX and AVX512-BF16 (and maybe oneDNN's elsewhere) flush subnormal inputs and results to zero: each of the
 # hidden products then moves by at most this much times (1 + |h_i| + |w_i|), on top of the rounding.
 FLUSHED = 2.0**-126
 MARGIN = 1.01  # on every bound: the fp32 arithmetic that computes the bound itself
@@ -71,7 +71,7 @@ def error_factor(dtype: torch.dtype, hidden_size: int) -> float:
 
 
 def accumulation_factor(hidden_size: int) -> float:
-    """The AMX screen's bound, which knows each rounding residual r = x - bf16(x) and keeps fp32 sums:
+    """The C screen's bound (AMX or AVX512-BF16), which knows each rounding residual r = x - bf16(x) and keeps fp32 sums:
     |screened - exact fp32| <= ||r_h|| ||w|| + ||bf16(h)|| ||r_w|| + this * ||h|| ||w|| (times MARGIN):
     h.w - bf16(h).bf16(w) = r_h.w + bf16(h).r_w exactly, and both fp32 sums (screen and reference) add
     gamma_K each, doubled for the order of operations, of norms grown by at most (1 + u)^2 by rounding.
@@ -104,18 +104,8 @@ class Tiling:
 
 
 CPU_TILING = Tiling(rows=2048, terms=512)
-LENGTH_MULTIPLE = amx_max_pool.TILE  # also what the AMX kernel's tiles take
+LENGTH_MULTIPLE = screen_kernels.TILE  # also what the C kernel's blocks take
 CUDA_TILING = Tiling(rows=32768, terms=8192)
-
-
-def cpu_flags() -> set[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return set()
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
 
 
 @functools.cache
@@ -132,22 +122,22 @@ class ScreenedProjection:
     """The exact SPLADE-max weights of token states [documents, tokens, hidden] under a decoder."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype | None = None,
-                 tiling: Tiling | None = None, amx: bool = True):
+                 tiling: Tiling | None = None, kernels: bool = True):
         weight = weight.detach().float()
         device = weight.device
         self.dtype = dtype or screening_dtype(device.type)
         self.tiling = tiling or (CUDA_TILING if device.type == "cuda" else CPU_TILING)
         self.weight = weight
         self.bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.detach().float()
-        on_amx = amx and device.type == "cpu" and self.dtype == torch.bfloat16 and {"amx_tile", "amx_bf16"} <= cpu_flags()
-        library = amx_max_pool.load() if on_amx else None
-        self.amx, self.kernels = None, library
-        if library:
+        fused = kernels and device.type == "cpu" and self.dtype == torch.bfloat16 and screen_kernels.fused_screen()
+        self.fused, self.kernels = None, screen_kernels.load() if fused else None
+        if fused:
             hidden, norms = weight.shape[1], weight.norm(dim=1)
             rounded = weight.to(torch.bfloat16)
             residual_norms = (weight - rounded.float()).norm(dim=1)
-            self.amx = amx_max_pool.AmxScreen(library, rounded, self.bias, hidden * FLUSHED * (1 + norms),
-                                              (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)))
+            self.fused = screen_kernels.FusedScreen(self.kernels, rounded, self.bias, hidden * FLUSHED * (1 + norms),
+                                                    (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)),
+                                                    instructions=fused)
         else:
             # The bias rides in the product as one more column, [h, 1] . [w, b] = h.w + b: the tile's logits
             # are then negative nearly everywhere, as its integer reading needs, however a model splits
@@ -174,7 +164,7 @@ class ScreenedProjection:
         states = _padding_as_first_token(states.float(), mask.bool())
         with fp32_matmuls():
             upper, blocks = self.screened(states)
-            documents, terms = (amx_max_pool.positive_pairs(self.kernels, upper) if self.kernels is not None
+            documents, terms = (screen_kernels.positive_pairs(self.kernels, upper) if self.kernels is not None
                                 else (upper > 0).nonzero(as_tuple=True))
             pair_blocks = None if blocks is None else blocks[documents, terms]
             weights = torch.log1p(torch.relu(self.recheck(states, documents, terms, pair_blocks)))
@@ -186,13 +176,13 @@ class ScreenedProjection:
         return self.screened(states)[0]
 
     def screened(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`screen`'s bounds, and where the AMX kernel ran, the block of 32 tokens that holds each exact maximum
-        (-1 where the bound does not prove one; `amx_max_pool.Screened`)."""
+        """`screen`'s bounds, and where the C kernel ran, the block of 32 tokens that holds each exact maximum
+        (-1 where the bound does not prove one; `screen_kernels.Screened`)."""
         blocks = None
-        if self.amx is not None:  # the bound of `accumulation_factor`, from each document's largest norms
-            # The kernel's tiles take 32 tokens (a copy of one changes no max).
-            low, norms, residual, rounded = amx_max_pool.rounded_with_norms(self.kernels, _length_padded(states))
-            upper, blocks = self.amx(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded))
+        if self.fused is not None:  # the bound of `accumulation_factor`, from each document's largest norms
+            # The kernel's blocks take 32 tokens (a copy of one changes no max).
+            low, norms, residual, rounded = screen_kernels.rounded_with_norms(self.kernels, _length_padded(states))
+            upper, blocks = self.fused(low, (residual + accumulation_factor(states.shape[2]) * norms, rounded))
         else:  # the bound of `error_factor`, on [h, 1, 0...] . [w, b, 0...]
             low = states.new_zeros(*states.shape[:2], self.negated.shape[1], dtype=self.dtype)
             low[..., : states.shape[2]], low[..., states.shape[2]] = states, 1
@@ -226,11 +216,11 @@ class ScreenedProjection:
     def recheck(self, states: torch.Tensor, documents: torch.Tensor, terms: torch.Tensor,
                 blocks: torch.Tensor | None = None) -> torch.Tensor:
         """fp32 max logit + bias of each (document, term) pair, pairs given in document order; where `blocks` (the
-        AMX screen's, per pair) names a block of 32 tokens, the kernel's recheck sums that block's alone."""
+        C screen's, per pair) names a block of 32 tokens, the kernel's recheck sums that block's alone."""
         if terms.numel() == 0:
             return torch.zeros(0, device=states.device)
-        if self.kernels is not None:  # where the AMX screen runs, its C source's fused recheck
-            return amx_max_pool.max_dots(self.kernels, states, self.weight, documents, terms, blocks) + self.bias[terms]
+        if self.kernels is not None:  # where the C screen runs, its source's fused recheck
+            return screen_kernels.max_dots(self.kernels, states, self.weight, documents, terms, blocks) + self.bias[terms]
         counts = torch.bincount(documents, minlength=states.shape[0])
         width = int(counts.max())
         # Each document's terms, padded to `width` with term 0 (computed, then dropped).

@@ -1,6 +1,7 @@
-"""The AMX kernel of the screen: its max-pooled logits are those of the bf16-rounded inputs, its bound holds,
-and the projection it screens gives the same weights as the torch screen. On a CPU with AMX the kernel
-must build and run; elsewhere its tests are skipped, saying so, and the torch screen runs."""
+"""The C kernels of the screen: its max-pooled logits are those of the bf16-rounded inputs, its bound holds,
+and the projection it screens gives the same weights as the torch screen. On a CPU with AMX or AVX512-BF16
+the kernel must build and run (on each of the two a CPU has); elsewhere its tests are skipped, saying so, and
+the torch screen runs."""
 
 import subprocess
 import sys
@@ -8,26 +9,32 @@ import sys
 import pytest
 import torch
 
-from pipeline.splade import amx_max_pool
-from pipeline.splade.screened_projection import ScreenedProjection, _padding_as_first_token, accumulation_factor, cpu_flags
+from pipeline.splade import screen_kernels
+from pipeline.splade.screen_kernels import AMX_FLAGS, DOT_FLAGS, cpu_flags
+from pipeline.splade.screened_projection import ScreenedProjection, _padding_as_first_token, accumulation_factor
 
 from conftest import ROOT
 from test_screened_projection import exact_weights, random_case
 
-HAS_AMX = {"amx_tile", "amx_bf16"} <= cpu_flags()
-needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX (amx_tile, amx_bf16): the torch screen runs")
+# The instructions this CPU can screen on, best first.
+INSTRUCTIONS = [name for name, flags in (("amx", AMX_FLAGS), ("avx512_bf16", DOT_FLAGS)) if flags <= cpu_flags()]
+needs_kernel = pytest.mark.skipif(not INSTRUCTIONS, reason="this CPU has neither AMX (amx_tile, amx_bf16) nor "
+                                                           "AVX512-BF16: the torch screen runs")
+on_each = pytest.mark.parametrize("instructions", INSTRUCTIONS or ["none"])
 
 
-@needs_amx
-def test_the_kernel_builds_and_loads_where_the_cpu_has_amx():
-    assert amx_max_pool.load() is not None
+@needs_kernel
+def test_the_kernel_builds_and_loads_where_the_cpu_has_amx_or_avx512_bf16():
+    assert screen_kernels.load() is not None
+    assert screen_kernels.fused_screen() == INSTRUCTIONS[0]
 
 
-@needs_amx
+@needs_kernel
+@on_each
 @pytest.mark.parametrize(("documents", "length", "hidden", "vocab"), [(3, 32, 32, 64), (5, 64, 128, 1000), (1, 96, 40, 33)],
                          ids=["one-tile", "ragged-vocab", "ragged-hidden"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, threads):
+def test_the_kernel_max_pools_the_bf16_logits(instructions, documents, length, hidden, vocab, threads):
     """Tiles, VNNI packing, padding of hidden and vocabulary, and the split of terms among threads."""
     generator = torch.Generator().manual_seed(documents + hidden)
     tokens = torch.randn(documents, length, hidden, generator=generator).bfloat16()
@@ -35,7 +42,8 @@ def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, 
     bias, fixed = torch.randn(vocab, generator=generator), torch.rand(vocab, generator=generator) / 4
     slacks = (torch.rand(vocab, generator=generator), torch.rand(vocab, generator=generator))
     scales = (torch.rand(documents, generator=generator), torch.rand(documents, generator=generator))
-    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), weight, bias, fixed, slacks)
+    assert screen_kernels.fused_screen() is not None  # AMX state granted where there is AMX
+    screen = screen_kernels.FusedScreen(screen_kernels.load(), weight, bias, fixed, slacks, instructions=instructions)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -55,7 +63,7 @@ def test_the_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, 
     assert clear.float().mean() > 0.9 and torch.equal(blocks[clear].long(), expected[clear])
 
 
-@needs_amx
+@needs_kernel
 @pytest.mark.parametrize(("length", "hidden", "density"), [(32, 128, 0.3), (96, 40, 0.05), (64, 7, 1.0)],
                          ids=["one-block", "odd-shapes", "every-term"])
 @pytest.mark.parametrize("threads", [1, 2])
@@ -75,7 +83,7 @@ def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, d
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        maxima = amx_max_pool.max_dots(amx_max_pool.load(), states, weight, documents, terms, blocks)
+        maxima = screen_kernels.max_dots(screen_kernels.load(), states, weight, documents, terms, blocks)
     finally:
         torch.set_num_threads(saved)
     products = torch.einsum("ctk,ck->ct", states.double()[documents], weight.double()[terms])
@@ -86,28 +94,28 @@ def test_the_recheck_kernel_gives_each_candidates_fp32_max_dot(length, hidden, d
     assert maxima.shape == terms.shape and maxima[documents == 4].isnan().all()
     torch.testing.assert_close(maxima[documents != 4].double(), expected[documents != 4], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="multiple of 32"):
-        amx_max_pool.max_dots(amx_max_pool.load(), states[:, :31], weight, documents, terms)
+        screen_kernels.max_dots(screen_kernels.load(), states[:, :31], weight, documents, terms)
 
 
 # In a child process, whose address space is then capped just above what it holds: the recheck's buffer
 # for a document's states (128 MB) cannot be had.
 RECHECK_WITHOUT_MEMORY = """
 import resource, torch
-from pipeline.splade import amx_max_pool
-library = amx_max_pool.load()
+from pipeline.splade import screen_kernels
+library = screen_kernels.load()
 states, weight = torch.zeros(1, 2048, 16384), torch.zeros(4, 16384)
 documents, terms = torch.zeros(3, dtype=torch.int64), torch.arange(3)
-amx_max_pool.max_dots(library, states[:, :32, :64].contiguous(), weight[:, :64].contiguous(), documents, terms)
+screen_kernels.max_dots(library, states[:, :32, :64].contiguous(), weight[:, :64].contiguous(), documents, terms)
 used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (used + 64 * 2**20, resource.RLIM_INFINITY))
 try:
-    amx_max_pool.max_dots(library, states, weight, documents, terms)
+    screen_kernels.max_dots(library, states, weight, documents, terms)
 except MemoryError as error:
     print(error)
 """
 
 
-@needs_amx
+@needs_kernel
 def test_a_recheck_without_memory_for_its_buffers_says_so():
     result = subprocess.run([sys.executable, "-c", RECHECK_WITHOUT_MEMORY], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -115,7 +123,7 @@ def test_a_recheck_without_memory_for_its_buffers_says_so():
                                      "(2048 x 16384 floats) and an index per candidate of a document (up to 3)")
 
 
-@needs_amx
+@needs_kernel
 @pytest.mark.parametrize("hidden", [128, 40, 7])
 def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
     """bf16 rounding (to nearest even, ties included) and the three largest norms, a NaN kept."""
@@ -124,7 +132,7 @@ def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
     states[0, 0, 0] = 1 + 2**-8  # a tie: to even, 1
     states[0, 0, 1] = 1 + 3 * 2**-8  # a tie: to even, 1 + 2^-6
     states[3, 5, hidden - 1] = torch.nan
-    low, norms, residual, rounded = amx_max_pool.rounded_with_norms(amx_max_pool.load(), states)
+    low, norms, residual, rounded = screen_kernels.rounded_with_norms(screen_kernels.load(), states)
     number = ~states.isnan()  # torch's NaN stays NaN, its bits aside
     assert torch.equal(low[number].view(torch.int16), states[number].bfloat16().view(torch.int16))
     assert low[~number].isnan().all()
@@ -134,7 +142,7 @@ def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
         torch.testing.assert_close(ours[:3], theirs[:3].amax(dim=1), rtol=1e-6, atol=0)
 
 
-@needs_amx
+@needs_kernel
 @pytest.mark.parametrize("vocab", [30522, 16, 7])
 def test_positive_pairs_are_torchs_nonzero(vocab):
     """Row-major pairs of the entries above zero, in a view with padded rows (as the kernel's output is read);
@@ -148,55 +156,56 @@ def test_positive_pairs_are_torchs_nonzero(vocab):
     upper[2] = torch.inf
     upper[3, vocab - 1] = 1.0
     upper[4] = -1.0
-    documents, terms = amx_max_pool.positive_pairs(amx_max_pool.load(), upper)
+    documents, terms = screen_kernels.positive_pairs(screen_kernels.load(), upper)
     expected = (upper > 0).nonzero(as_tuple=True)
     assert torch.equal(documents, expected[0]) and torch.equal(terms, expected[1])
     assert (documents == 2).sum() == vocab and not (documents == 4).any()
 
 
-@needs_amx
+@needs_kernel
 def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
-    screen = amx_max_pool.AmxScreen(amx_max_pool.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32), torch.zeros(32),
-                                    (torch.zeros(32), torch.zeros(32)))
+    screen = screen_kernels.FusedScreen(screen_kernels.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32),
+                                        torch.zeros(32), (torch.zeros(32), torch.zeros(32)), instructions=INSTRUCTIONS[0])
     with pytest.raises(ValueError, match="multiple of 32"):
         screen(torch.ones(1, 31, 32).bfloat16(), (torch.zeros(1), torch.zeros(1)))
 
 
-@needs_amx
+@needs_kernel
 @pytest.mark.parametrize(("shift", "scale", "hidden"), [(0.0, 1.0, 32), (-1.0, 16.0, 64), (2.0, 1.0, 40), (0.0, 0.01, 128)],
                          ids=["plain", "inflated", "dense", "tiny-logits"])
-def test_the_amx_bound_holds_and_the_weights_equal_the_torch_screens(shift, scale, hidden):
+def test_the_kernels_bound_holds_and_the_weights_equal_the_torch_screens(shift, scale, hidden):
     states, mask, weight, bias = random_case(4, documents=6, length=40, hidden=hidden, vocab=3000, shift=shift, scale=scale)
-    amx = ScreenedProjection(weight, bias, dtype=torch.bfloat16)
-    assert amx.amx is not None
+    fused = ScreenedProjection(weight, bias, dtype=torch.bfloat16)
+    assert fused.fused is not None
     padded = torch.where(mask.bool().unsqueeze(-1), states, states[:, :1])
     exact_max = (padded.double() @ weight.double().T).amax(dim=1) + bias.double()
-    assert (amx.screen(padded).double() >= exact_max).all()
-    ours = amx(states, mask)
-    torch_screen = ScreenedProjection(weight, bias, dtype=torch.bfloat16, amx=False)
-    assert torch_screen.amx is None
+    assert (fused.screen(padded).double() >= exact_max).all()
+    ours = fused(states, mask)
+    torch_screen = ScreenedProjection(weight, bias, dtype=torch.bfloat16, kernels=False)
+    assert torch_screen.fused is None
     theirs = torch_screen(states, mask)  # the same candidates, rechecked in fp32 by torch's bmm instead of the kernel
     assert torch.equal(ours != 0, theirs != 0)
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
     torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
 
 
-@needs_amx
-def test_the_amx_bound_is_tighter_and_screens_fewer_candidates(encoder):
+@needs_kernel
+def test_the_kernels_bound_is_tighter_and_screens_fewer_candidates(encoder):
     """Residual norms instead of the worst case: fewer pairs to recheck on real states, same weights."""
     batch, _ = encoder.tokenize(["Glaciers are slow rivers of ice that carve valleys in mountains. " * 20,
                                  "Vaccines train the immune system to recognise a virus."], 256)
     with torch.inference_mode():
         states = encoder.model.head.transform(encoder.model.hidden_states(batch["input_ids"], batch["attention_mask"]))
     decoder = encoder.model.head.decoder
-    amx, plain = ScreenedProjection(decoder.weight, decoder.bias), ScreenedProjection(decoder.weight, decoder.bias, amx=False)
+    fused = ScreenedProjection(decoder.weight, decoder.bias)
+    plain = ScreenedProjection(decoder.weight, decoder.bias, kernels=False)
     padded = torch.where(batch["attention_mask"].bool().unsqueeze(-1), states, states[:, :1])
-    assert 0 < (amx.screen(padded) > 0).sum() < (plain.screen(padded) > 0).sum()
-    assert torch.equal(amx(states, batch["attention_mask"]), plain(states, batch["attention_mask"]))
+    assert 0 < (fused.screen(padded) > 0).sum() < (plain.screen(padded) > 0).sum()
+    assert torch.equal(fused(states, batch["attention_mask"]), plain(states, batch["attention_mask"]))
     assert 0 < accumulation_factor(128) < 1e-4
 
 
-@needs_amx
+@needs_kernel
 def test_the_block_the_screen_names_holds_the_exact_maximum(encoder):
     """On real states most candidates are rechecked on one block of 32 tokens, and that block's max is the
     document's; where two blocks tie for the maximum (a block copied into the next), none is named."""
@@ -232,17 +241,17 @@ def test_the_block_the_screen_names_holds_the_exact_maximum(encoder):
 
 def test_without_a_compiler_the_torch_screen_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert amx_max_pool.load.__wrapped__() is None
-    monkeypatch.setenv("PIPELINE_AMX", "0")
-    assert amx_max_pool.load.__wrapped__() is None
+    assert screen_kernels.load.__wrapped__() is None
+    monkeypatch.setenv("PIPELINE_SCREEN_KERNELS", "0")
+    assert screen_kernels.load.__wrapped__() is None
 
 
-@needs_amx
+@needs_kernel
 def test_the_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    first = amx_max_pool.load.__wrapped__()
+    first = screen_kernels.load.__wrapped__()
     built = list((tmp_path / "splade-pipeline").iterdir())
     assert first is not None and len(built) == 1 and built[0].suffix == ".so"
     stamp = built[0].stat().st_mtime_ns
-    assert amx_max_pool.load.__wrapped__() is not None
+    assert screen_kernels.load.__wrapped__() is not None
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt

@@ -1,20 +1,23 @@
-"""The screen's max-pooled bf16 projection on Intel AMX tiles: a small C kernel (`amx_max_pool.c`), built
-with the system's C compiler on first use, cached, and called through ctypes.
+"""The screen's max-pooled bf16 projection in C (`screen_kernels.c`), on Intel AMX tiles or, on a CPU without AMX
+(AMD Zen 4 and later), on AVX512-BF16 dot products; built with the system's C compiler on first use, cached, and
+called through ctypes.
 
 oneDNN's bf16 GEMM writes the [tokens x terms] logits out and a second pass max-pools them; the kernel
-max-pools each 32 x 32 tile of logits as it leaves the tile registers, so the logits never reach memory
-(~3x the torch screen's rate on our 2-core machine, `make bench`); it computes the tiles of the next 32 tokens
-while max-pooling the last ones. It keeps the best and second best block of 32 tokens of each (document, term):
-where the bound proves that the best block holds the exact maximum, the recheck sums that block's tokens alone
-(most candidates on real states). The same library, in AVX-512, holds the passes around it: the states'
-bf16 rounding with the norms the bound needs (`rounded_with_norms`), the candidate pairs
-(`positive_pairs`), and their fp32 recheck (`max_dots`). Its OpenMP threads share the terms (the
-documents, in the recheck); built with -fopenmp and loaded after torch, it resolves to torch's own libgomp, so it runs on torch's thread
-pool (torch.set_num_threads) rather than fighting a second pool for the cores.
+max-pools each 32 x 32 block of logits as it leaves the registers, so the logits never reach memory
+(on AMX ~3x the torch screen's rate on our 2-core machine, `make bench`; it computes the tiles of the next 32
+tokens while max-pooling the last ones; on AVX512-BF16 ~1.25x, 8 tokens x 32 terms of sums in registers). It
+keeps the best and second best block of 32 tokens of each (document, term): where the bound proves that the
+best block holds the exact maximum, the recheck sums that block's tokens alone (most candidates on real states).
+The same library, in AVX-512, holds the passes around it: the states' bf16 rounding with the norms the bound
+needs (`rounded_with_norms`), the candidate pairs (`positive_pairs`), and their fp32 recheck (`max_dots`). Its
+OpenMP threads share the terms (the documents, in the recheck); built with -fopenmp and loaded after torch, it
+resolves to torch's own libgomp, so it runs on torch's thread pool (torch.set_num_threads) rather than fighting
+a second pool for the cores.
 
-Callers load it only where /proc/cpuinfo lists amx_tile and amx_bf16. `load()` is None where no C compiler
-is found, the build fails (e.g. a compiler without AMX intrinsics, GCC < 11), Linux refuses AMX state, or
-PIPELINE_AMX=0: the torch screen runs instead, with the same output.
+`fused_screen()` says which screen this CPU runs (from /proc/cpuinfo): None where it has neither AMX nor
+AVX512-BF16, no C compiler is found, the build fails (e.g. a compiler without AMX intrinsics, GCC < 11), or
+PIPELINE_SCREEN_KERNELS=0: the torch screen runs instead, with the same output. Where Linux refuses AMX state,
+the AVX512-BF16 screen runs.
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("amx_max_pool.c")
-FLAGS = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mamx-tile", "-mamx-bf16", "-fopenmp", "-shared", "-fPIC"]
+SOURCE = Path(__file__).with_name("screen_kernels.c")
+FLAGS = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp",
+         "-shared", "-fPIC"]
 TILE = 32  # tokens, hidden entries and terms per step of the kernel
+AMX_FLAGS = {"amx_tile", "amx_bf16"}
+# Without AMX: bf16 dot products, and the AVX-512 the passes around the screen use.
+DOT_FLAGS = {"avx512_bf16", "avx512f", "avx512bw", "avx512vl"}
 # Terms per block: the block's packed weights (terms x hidden bf16) stay in a core's L2 while documents pass.
 BLOCK_BYTES = 512 * 1024
 
@@ -53,7 +60,7 @@ def _build(compiler: str) -> Path:
     """The kernel's shared library, compiled once per source and flags (named by their hash); written to a
     temporary name and renamed, so that concurrent ranks never load a half-written file."""
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    library = _cache_folder() / f"amx_max_pool-{digest}.so"
+    library = _cache_folder() / f"screen_kernels-{digest}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         staging = library.with_name(f"{library.name}.{os.getpid()}.tmp")
@@ -65,27 +72,34 @@ def _build(compiler: str) -> Path:
     return library
 
 
+def cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    """The kernel, ready to run in this process, or None (and why, logged once)."""
-    if os.environ.get("PIPELINE_AMX", "1") == "0":
+    """The kernels, ready to run in this process, or None (and why, logged once)."""
+    if os.environ.get("PIPELINE_SCREEN_KERNELS", "1") == "0":
         return None
     compiler = shutil.which(os.environ.get("CC") or "cc")
     if compiler is None:
-        log.info("no C compiler (cc, or $CC): the screen runs on torch's bf16 GEMM instead of the AMX kernel")
+        log.info("no C compiler (cc, or $CC): the screen runs on torch's bf16 GEMM instead of the C kernel")
         return None
     try:
         library = ctypes.CDLL(str(_build(compiler)))
     except (OSError, subprocess.CalledProcessError) as error:
         said = getattr(error, "stderr", "") or str(error)
-        log.warning("could not build the AMX kernel with %s (%s): the screen runs on torch's bf16 GEMM",
+        log.warning("could not build the screen's C kernel with %s (%s): the screen runs on torch's bf16 GEMM",
                     compiler, said.strip().splitlines()[-1] if said.strip() else error)
         return None
-    if library.amx_request() != 0:
-        log.warning("Linux refused this process AMX state: the screen runs on torch's bf16 GEMM")
-        return None
-    library.amx_max_pool.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 5
-    library.amx_max_pool.restype = None
+    library.max_pool.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    library.max_pool.restype = None
     library.max_dots.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3
     library.max_dots.restype = ctypes.c_int
     library.positive_pairs.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
@@ -93,6 +107,21 @@ def load() -> ctypes.CDLL | None:
     library.rounded_with_norms.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
     library.rounded_with_norms.restype = None
     return library
+
+
+@functools.cache
+def fused_screen() -> str | None:
+    """What the fused screen runs on in this process: "amx", "avx512_bf16", or None (the torch screen runs)."""
+    flags = cpu_flags()
+    has_amx, has_dot = AMX_FLAGS <= flags, DOT_FLAGS <= flags
+    if not (has_amx or has_dot) or (library := load()) is None:
+        return None
+    if has_amx and library.amx_request() == 0:
+        return "amx"
+    if has_amx:
+        log.warning("Linux refused this process AMX state: the screen runs on %s",
+                    "AVX512-BF16" if has_dot else "torch's bf16 GEMM")
+    return "avx512_bf16" if has_dot else None
 
 
 class Screened(NamedTuple):
@@ -103,20 +132,22 @@ class Screened(NamedTuple):
     blocks: torch.Tensor
 
 
-class AmxScreen:
+class FusedScreen:
     """upper[d, v] = max over document d's tokens of tokens[d] @ weight[v] (bf16 products summed in fp32)
     + bias[v] + bound[d, v], bound = fixed[v] + scales[0][d] * slacks[0][v] + scales[1][d] * slacks[1][v] (the
     screen's error bound), in one pass; blocks[d, v] is the block whose maximum exceeds every other block's
-    by more than twice the bound (so the exact maximum is in it), else -1."""
+    by more than twice the bound (so the exact maximum is in it), else -1. On `instructions`, as `fused_screen`
+    names them: "amx" (tiles; this process must have been granted AMX state) or "avx512_bf16"."""
 
     def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor, fixed: torch.Tensor,
-                 slacks: tuple[torch.Tensor, torch.Tensor]):
+                 slacks: tuple[torch.Tensor, torch.Tensor], *, instructions: str):
         vocab, hidden = weight.shape
-        self.library, self.vocab_size, self.hidden = library, vocab, _round_up(hidden, TILE)
+        self.library, self.instructions, self.vocab_size, self.hidden = library, instructions, vocab, _round_up(hidden, TILE)
         padded_vocab = _round_up(vocab, TILE)
         padded = torch.zeros(padded_vocab, self.hidden, dtype=torch.bfloat16)
         padded[:vocab, :hidden] = weight
-        # AMX's B operand: 16 terms x 32 hidden entries per tile, entries in adjacent pairs per term (VNNI).
+        # AMX's B operand: 16 terms x 32 hidden entries per tile, entries in adjacent pairs per term (VNNI); the
+        # dot products read the same bytes as [vocabulary / 16][hidden / 2][16 terms][2].
         self.packed = padded.view(-1, 16, self.hidden // TILE, 16, 2).permute(0, 2, 3, 1, 4).contiguous()
         self.bias = torch.full((padded_vocab,), -torch.inf)  # padding terms: never candidates
         self.bias[:vocab] = bias
@@ -130,16 +161,16 @@ class AmxScreen:
         multiple of 32), with fp32 scales [documents]."""
         documents, length, hidden = tokens.shape
         if length % TILE:
-            raise ValueError(f"the AMX kernel takes documents of a multiple of {TILE} tokens, not {length}")
+            raise ValueError(f"the screen kernel takes documents of a multiple of {TILE} tokens, not {length}")
         if hidden != self.hidden:
             tokens = F.pad(tokens, (0, self.hidden - hidden))
         tokens, scales = tokens.contiguous(), [scale.float().contiguous() for scale in scales]
         out = torch.empty(documents, self.bias.shape[0])
         blocks = torch.empty(documents, self.bias.shape[0], dtype=torch.int16)
-        self.library.amx_max_pool(tokens.data_ptr(), self.packed.data_ptr(), self.bias.data_ptr(), self.fixed.data_ptr(),
-                                  *(slack.data_ptr() for slack in self.slacks), *(scale.data_ptr() for scale in scales),
-                                  out.data_ptr(), blocks.data_ptr(), documents, length, self.hidden, out.shape[1],
-                                  self.block_terms)
+        self.library.max_pool(tokens.data_ptr(), self.packed.data_ptr(), self.bias.data_ptr(), self.fixed.data_ptr(),
+                              *(slack.data_ptr() for slack in self.slacks), *(scale.data_ptr() for scale in scales),
+                              out.data_ptr(), blocks.data_ptr(), documents, length, self.hidden, out.shape[1],
+                              self.block_terms, self.instructions == "amx")
         return Screened(out[:, : self.vocab_size], blocks[:, : self.vocab_size])
 
 

@@ -1,10 +1,10 @@
-// SPLADE's screen on Intel AMX: out[d, v] = max over document d's tokens t of sum_k tokens[t, k] * weight[v, k],
-// bf16 products accumulated in fp32, plus bias[v] and the screen's error bound, fixed[v] + scale_a[d] * slack_a[v]
-// + scale_b[d] * slack_b[v]. Each 32 tokens x 32 terms tile of logits is max-pooled as it leaves the tile
-// registers, so the [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v),
-// the one block of 32 tokens that must hold the exact maximum, where the bound proves it (blocks[d, v], else -1).
-// Its candidates' exact fp32 recheck is here too (`max_dots`, AVX-512), over that block alone where there is
-// one. Built by amx_max_pool.py; see there for the layouts.
+// SPLADE's screen on Intel AMX or on AVX512-BF16: out[d, v] = max over document d's tokens t of
+// sum_k tokens[t, k] * weight[v, k], bf16 products accumulated in fp32, plus bias[v] and the screen's error bound,
+// fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]. Each 32 tokens x 32 terms of logits are max-pooled
+// as they leave the tile registers (or the vector registers), so the [tokens x vocabulary] logits never reach
+// memory. The kernel also names, for each (d, v), the one block of 32 tokens that must hold the exact maximum, where
+// the bound proves it (blocks[d, v], else -1). Its candidates' exact fp32 recheck is here too (`max_dots`,
+// AVX-512), over that block alone where there is one. Built by screen_kernels.py; see there for the layouts.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -80,14 +80,36 @@ static inline void store_maxima(const block_maxima *maxima, __m512 bias, __m512 
                         _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(_mm512_set1_epi32(-1), alone, maxima->block)));
 }
 
-// One thread's share: columns [first_term, last_term) of out, multiples of 32, in blocks of block_terms
+// What the screen adds to each maximum (bias[v] + fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]), and
+// where it writes: out and blocks [documents, vocabulary], rows out_stride apart.
+typedef struct {
+    const float *bias, *fixed, *slack_a, *slack_b, *scale_a, *scale_b;
+    float *out;
+    int16_t *blocks;
+    int64_t out_stride;
+} screen_output;
+
+// The 2 x 16 terms from `term` of `document`: their bounds added, stored.
+static inline void store_group(const screen_output *to, int64_t document, int64_t term, const block_maxima *low,
+                               const block_maxima *high) {
+    const __m512 a = _mm512_set1_ps(to->scale_a[document]), b = _mm512_set1_ps(to->scale_b[document]);
+    const int64_t at = document * to->out_stride + term;
+    for (int half = 0; half < 2; half++) {
+        const int64_t v = term + 16 * half;
+        const __m512 bound = _mm512_fmadd_ps(b, _mm512_loadu_ps(to->slack_b + v),
+                                             _mm512_fmadd_ps(a, _mm512_loadu_ps(to->slack_a + v), _mm512_loadu_ps(to->fixed + v)));
+        store_maxima(half ? high : low, _mm512_loadu_ps(to->bias + v), bound, to->out + at + 16 * half,
+                     to->blocks + at + 16 * half);
+    }
+}
+
+// One thread's share on AMX: columns [first_term, last_term) of out, multiples of 32, in blocks of block_terms
 // terms whose weights stay in the core's L2 while every document passes. The logits of 32 tokens are stored
 // in one half of `results` and max-pooled once the next 32 tokens' products are under way (~10 % faster
 // than waiting for the tiles).
-static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed,
-                           const float *slack_a, const float *slack_b, const float *scale_a, const float *scale_b,
-                           float *out, int16_t *blocks, int64_t documents, int64_t length, int64_t hidden,
-                           int64_t out_stride, int64_t first_term, int64_t last_term, int64_t block_terms) {
+static void amx_max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const screen_output *to,
+                               int64_t documents, int64_t length, int64_t hidden, int64_t first_term, int64_t last_term,
+                               int64_t block_terms) {
     const int64_t chunks = hidden / 32, weight_tile = 16 * 32, row_bytes = hidden * 2;
     float results[2][4][16][16] __attribute__((aligned(64)));
     for (int64_t block = first_term; block < last_term; block += block_terms) {
@@ -122,15 +144,67 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
                     _tile_stored(7, stored[3], 64);
                 }
                 if (length > 0) max_pool_block(results[(length / 32 + 1) % 2], length / 32 - 1, &low, &high);  // the last block
-                const __m512 a = _mm512_set1_ps(scale_a[document]), b = _mm512_set1_ps(scale_b[document]);
-                const int64_t at = document * out_stride + term;
-                for (int half = 0; half < 2; half++) {
-                    const int64_t v = term + 16 * half;
-                    const __m512 bound = _mm512_fmadd_ps(b, _mm512_loadu_ps(slack_b + v),
-                                                         _mm512_fmadd_ps(a, _mm512_loadu_ps(slack_a + v), _mm512_loadu_ps(fixed + v)));
-                    store_maxima(half ? &high : &low, _mm512_loadu_ps(bias + v), bound, out + at + 16 * half,
-                                 blocks + at + 16 * half);
+                store_group(to, document, term, &low, &high);
+            }
+        }
+    }
+}
+
+// The same share on AVX512-BF16 dot products (a CPU without AMX: AMD Zen 4 and later, Intel Cooper Lake), in the
+// same packed layout, read as [vocabulary / 16][hidden / 2][16 terms][2]: one vector holds a pair of hidden entries
+// of 16 terms. 8 tokens x 32 terms of fp32 sums stay in 16 registers while the pairs run (vdpbf16ps adds both
+// products of a pair, each exact in fp32, to its sum: fp32 accumulation, as on AMX), then their maxima go into the
+// block's. The weights of 32 terms (8 KB at hidden 128) stay in L1 while a document's tokens pass.
+#define DOT_TOKENS 8
+
+// The max over 32 tokens (rows, `pairs` pairs each) of their logits with 32 terms (weight0, weight1: 16 each), into
+// maxima[0..32). Not inlined: the caller's block maxima would take registers the 16 sums need.
+static __attribute__((noinline)) void dot_max_of_block(const uint32_t *rows, const uint32_t *weight0,
+                                                        const uint32_t *weight1, int64_t pairs, float *maxima) {
+    __m512 max0 = _mm512_set1_ps(-INFINITY), max1 = _mm512_set1_ps(-INFINITY);
+    for (int64_t row = 0; row < 32; row += DOT_TOKENS) {
+        const uint32_t *first = rows + row * pairs;
+        __m512 sums[DOT_TOKENS][2];
+#pragma GCC unroll 8
+        for (int r = 0; r < DOT_TOKENS; r++) sums[r][0] = sums[r][1] = _mm512_setzero_ps();
+        for (int64_t pair = 0; pair < pairs; pair++) {
+            const __m512bh w0 = (__m512bh)_mm512_loadu_si512(weight0 + pair * 16);
+            const __m512bh w1 = (__m512bh)_mm512_loadu_si512(weight1 + pair * 16);
+#pragma GCC unroll 8
+            for (int r = 0; r < DOT_TOKENS; r++) {
+                const __m512bh h = (__m512bh)_mm512_set1_epi32((int)first[r * pairs + pair]);
+                sums[r][0] = _mm512_dpbf16_ps(sums[r][0], h, w0);
+                sums[r][1] = _mm512_dpbf16_ps(sums[r][1], h, w1);
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < DOT_TOKENS; r++) {
+            max0 = _mm512_max_ps(max0, sums[r][0]);
+            max1 = _mm512_max_ps(max1, sums[r][1]);
+        }
+    }
+    _mm512_storeu_ps(maxima, max0);
+    _mm512_storeu_ps(maxima + 16, max1);
+}
+
+static void dot_max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const screen_output *to,
+                               int64_t documents, int64_t length, int64_t hidden, int64_t first_term, int64_t last_term,
+                               int64_t block_terms) {
+    const int64_t pairs = hidden / 2;
+    float maxima[32] __attribute__((aligned(64)));
+    for (int64_t block = first_term; block < last_term; block += block_terms) {
+        const int64_t block_end = block + block_terms < last_term ? block + block_terms : last_term;
+        for (int64_t document = 0; document < documents; document++) {
+            const uint32_t *first_token = (const uint32_t *)(tokens + document * length * hidden);
+            for (int64_t term = block; term < block_end; term += 32) {
+                const uint32_t *weight0 = (const uint32_t *)(packed + (term / 16) * hidden * 16);
+                block_maxima low = no_block(), high = no_block();
+                for (int64_t token = 0; token < length; token += 32) {
+                    dot_max_of_block(first_token + token * pairs, weight0, weight0 + pairs * 16, pairs, maxima);
+                    add_block(&low, _mm512_load_ps(maxima), token / 32);
+                    add_block(&high, _mm512_load_ps(maxima + 16), token / 32);
                 }
+                store_group(to, document, term, &low, &high);
             }
         }
     }
@@ -140,17 +214,22 @@ static void max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const
 // packed: the weight as [vocabulary / 16][hidden / 32][16 pairs][16 terms][2] bf16 (AMX's VNNI layout),
 // vocabulary a multiple of 32. bias, fixed, slack_*: [vocabulary]; scale_*: [documents]; out: [documents, vocabulary]
 // fp32; blocks: [documents, vocabulary] int16. The terms are shared among OpenMP's threads: torch's own pool when
-// torch's libgomp is loaded first.
-void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed, const float *slack_a,
-                  const float *slack_b, const float *scale_a, const float *scale_b, float *out, int16_t *blocks,
-                  int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary, int64_t block_terms) {
+// torch's libgomp is loaded first. use_amx: AMX tiles (granted by amx_request), else AVX512-BF16.
+void max_pool(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed, const float *slack_a,
+              const float *slack_b, const float *scale_a, const float *scale_b, float *out, int16_t *blocks,
+              int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary, int64_t block_terms, int use_amx) {
+    const screen_output to = {bias, fixed, slack_a, slack_b, scale_a, scale_b, out, blocks, vocabulary};
 #pragma omp parallel
     {
         const int64_t groups = vocabulary / 32, threads = omp_get_num_threads(), thread = omp_get_thread_num();
-        configure_tiles();
-        max_pool_terms(tokens, packed, bias, fixed, slack_a, slack_b, scale_a, scale_b, out, blocks, documents, length,
-                       hidden, vocabulary, groups * thread / threads * 32, groups * (thread + 1) / threads * 32, block_terms);
-        _tile_release();
+        const int64_t first = groups * thread / threads * 32, last = groups * (thread + 1) / threads * 32;
+        if (use_amx) {
+            configure_tiles();
+            amx_max_pool_terms(tokens, packed, &to, documents, length, hidden, first, last, block_terms);
+            _tile_release();
+        } else {
+            dot_max_pool_terms(tokens, packed, &to, documents, length, hidden, first, last, block_terms);
+        }
     }
 }
 
