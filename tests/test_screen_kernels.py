@@ -1,7 +1,7 @@
-"""The C kernels of the screen: its max-pooled logits are those of the bf16-rounded inputs, its bound holds,
-and the projection it screens gives the same weights as the torch screen. On a CPU with AMX or AVX512-BF16
-the kernel must build and run (on each of the two a CPU has); elsewhere its tests are skipped, saying so, and
-the torch screen runs."""
+"""The C kernels of the screen: their max-pooled logits are those of the bf16-rounded (AMX) or int8-quantized
+(AVX512-VNNI) inputs, their bound holds, and the projection they screen gives the same weights as the torch
+screen. On a CPU with AMX or AVX512-VNNI the kernels must build and run (each screen the CPU has); elsewhere
+their tests are skipped, saying so, and the torch screen runs."""
 
 import subprocess
 import sys
@@ -10,57 +10,115 @@ import pytest
 import torch
 
 from pipeline.splade import screen_kernels
-from pipeline.splade.screen_kernels import AMX_FLAGS, DOT_FLAGS, cpu_flags
+from pipeline.splade.screen_kernels import AMX_FLAGS, VNNI_FLAGS, cpu_flags
 from pipeline.splade.screened_projection import ScreenedProjection, _padding_as_first_token, accumulation_factor
 
 from conftest import ROOT
 from test_screened_projection import exact_weights, random_case
 
-# The instructions this CPU can screen on, best first.
-INSTRUCTIONS = [name for name, flags in (("amx", AMX_FLAGS), ("avx512_bf16", DOT_FLAGS)) if flags <= cpu_flags()]
-needs_kernel = pytest.mark.skipif(not INSTRUCTIONS, reason="this CPU has neither AMX (amx_tile, amx_bf16) nor "
-                                                           "AVX512-BF16: the torch screen runs")
-on_each = pytest.mark.parametrize("instructions", INSTRUCTIONS or ["none"])
+HAS_AMX, HAS_VNNI = AMX_FLAGS <= cpu_flags(), VNNI_FLAGS <= cpu_flags()
+needs_kernel = pytest.mark.skipif(not (HAS_AMX or HAS_VNNI), reason="this CPU has neither AMX (amx_tile, amx_bf16) "
+                                                                    "nor AVX512-VNNI: the torch screen runs")
+needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX (amx_tile, amx_bf16)")
+needs_vnni = pytest.mark.skipif(not HAS_VNNI, reason="this CPU has no AVX512-VNNI")
+SHAPES = pytest.mark.parametrize(("documents", "length", "hidden", "vocab"),
+                                 [(3, 32, 32, 64), (5, 64, 128, 1000), (1, 96, 40, 33)],
+                                 ids=["one-tile", "ragged-vocab", "ragged-hidden"])
 
 
 @needs_kernel
-def test_the_kernel_builds_and_loads_where_the_cpu_has_amx_or_avx512_bf16():
+def test_the_kernel_builds_and_loads_where_the_cpu_has_amx_or_avx512_vnni():
     assert screen_kernels.load() is not None
-    assert screen_kernels.fused_screen() == INSTRUCTIONS[0]
+    assert screen_kernels.fused_screen() == ("amx" if HAS_AMX else "avx512_vnni")
 
 
-@needs_kernel
-@on_each
-@pytest.mark.parametrize(("documents", "length", "hidden", "vocab"), [(3, 32, 32, 64), (5, 64, 128, 1000), (1, 96, 40, 33)],
-                         ids=["one-tile", "ragged-vocab", "ragged-hidden"])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_the_kernel_max_pools_the_bf16_logits(instructions, documents, length, hidden, vocab, threads):
-    """Tiles, VNNI packing, padding of hidden and vocabulary, and the split of terms among threads."""
+def random_screen_case(documents, hidden, vocab):
     generator = torch.Generator().manual_seed(documents + hidden)
-    tokens = torch.randn(documents, length, hidden, generator=generator).bfloat16()
-    weight = torch.randn(vocab, hidden, generator=generator).bfloat16()
+    weight = torch.randn(vocab, hidden, generator=generator)
     bias, fixed = torch.randn(vocab, generator=generator), torch.rand(vocab, generator=generator) / 4
     slacks = (torch.rand(vocab, generator=generator), torch.rand(vocab, generator=generator))
     scales = (torch.rand(documents, generator=generator), torch.rand(documents, generator=generator))
-    assert screen_kernels.fused_screen() is not None  # AMX state granted where there is AMX
-    screen = screen_kernels.FusedScreen(screen_kernels.load(), weight, bias, fixed, slacks, instructions=instructions)
+    return generator, weight, bias, fixed, slacks, scales
+
+
+def screened_with_threads(screen, threads, *inputs):
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        upper, blocks = screen(tokens, scales)
+        return screen(*inputs)
     finally:
         torch.set_num_threads(saved)
+
+
+def assert_max_pooled(upper, blocks, logits, bias, fixed, slacks, scales):
+    """upper = max logit + bias + bound; the block named is the best one, where it beats the second best by more
+    than twice the bound, -1 elsewhere."""
+    documents, length, vocab = logits.shape
     bound = fixed.double() + scales[0].double()[:, None] * slacks[0].double() + scales[1].double()[:, None] * slacks[1].double()
-    logits = tokens.double() @ weight.double().T
     assert upper.shape == blocks.shape == (documents, vocab)
     torch.testing.assert_close(upper.double(), logits.amax(dim=1) + bias.double() + bound, rtol=1e-5, atol=1e-4)
-    # The block named is the best one, where it beats the second best by more than twice the bound; -1 elsewhere.
     block_maxima = logits.view(documents, length // 32, 32, vocab).amax(dim=2)
     best = block_maxima.topk(min(2, length // 32), dim=1)
     gap = best.values[:, 0] - (best.values[:, 1] if length > 32 else -torch.inf)
     expected = torch.where(gap > 2 * bound, best.indices[:, 0], -1)
     clear = (gap - 2 * bound).abs() > 1e-3  # not within fp32's rounding of the decision
     assert clear.float().mean() > 0.9 and torch.equal(blocks[clear].long(), expected[clear])
+
+
+@needs_amx
+@SHAPES
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_amx_kernel_max_pools_the_bf16_logits(documents, length, hidden, vocab, threads):
+    """Tiles, VNNI packing, padding of hidden and vocabulary, and the split of terms among threads."""
+    generator, weight, bias, fixed, slacks, scales = random_screen_case(documents, hidden, vocab)
+    tokens, weight = torch.randn(documents, length, hidden, generator=generator).bfloat16(), weight.bfloat16()
+    assert screen_kernels.fused_screen() == "amx"  # AMX state granted
+    screen = screen_kernels.AmxScreen(screen_kernels.load(), weight, bias, fixed, slacks)
+    upper, blocks = screened_with_threads(screen, threads, tokens, scales)
+    assert_max_pooled(upper, blocks, tokens.double() @ weight.double().T, bias, fixed, slacks, scales)
+
+
+@needs_vnni
+@SHAPES
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_vnni_kernel_max_pools_the_scaled_int8_logits(documents, length, hidden, vocab, threads):
+    """s_t s_v (q_t . q_v) of each token's and term's int8 quantization: the unsigned bytes' offsets, the packing,
+    padding of hidden and vocabulary, and the split of terms among threads."""
+    generator, weight, bias, fixed, slacks, scales = random_screen_case(documents, hidden, vocab)
+    states = torch.randn(documents, length, hidden, generator=generator) * 3
+    library = screen_kernels.load()
+    tokens, token_scales, offsets, *_ = screen_kernels.quantized_with_norms(library, states)
+    levels, term_scales = screen_kernels.quantized_rows(weight)
+    screen = screen_kernels.VnniScreen(library, levels, term_scales, bias, fixed, slacks)
+    upper, blocks = screened_with_threads(screen, threads, tokens, token_scales, offsets, scales)
+    logits = ((tokens[..., :hidden].double() * token_scales.double()[..., None])
+              @ (levels.double() * term_scales.double()[:, None]).T)
+    assert_max_pooled(upper, blocks, logits, bias, fixed, slacks, scales)
+
+
+@needs_vnni
+@pytest.mark.parametrize("hidden", [128, 40, 7])
+def test_the_int8_screens_inputs_are_each_tokens_quantization_and_norms(hidden):
+    """q = round(x / s) with s = max |x| / 127 (so within +-127, the largest entry at +-127), zeros past hidden,
+    offsets -128 sum(q), the three largest norms; a token of zeros has scale 0; a NaN is kept."""
+    generator = torch.Generator().manual_seed(hidden)
+    states = torch.randn(4, 64, hidden, generator=generator) * 3
+    states[1, 3] = 0
+    states[3, 5, hidden - 1] = torch.nan
+    tokens, scales, offsets, norms, residual, quantized = screen_kernels.quantized_with_norms(screen_kernels.load(), states)
+    assert tokens.shape == (4, 64, -(-hidden // 32) * 32) and not tokens[..., hidden:].any()
+    expected_scales = states.abs().amax(dim=2) / 127
+    number = ~states.isnan().any(dim=2)
+    torch.testing.assert_close(scales[number], expected_scales[number], rtol=1e-6, atol=0)
+    levels = tokens[..., :hidden].float()
+    assert levels.abs().max() == 127 and scales[1, 3] == 0 and not levels[1, 3].any()
+    torch.testing.assert_close(levels[number], torch.round(states / expected_scales.clamp_min(1e-30)[..., None])[number],
+                               rtol=0, atol=1)  # x / s rounded: the last bit of the division may differ
+    assert torch.equal(offsets, -128 * tokens.int().sum(dim=2))
+    back = levels * scales[..., None]
+    for ours, theirs in ((norms, states.norm(dim=2)), (residual, (states - back).norm(dim=2)), (quantized, back.norm(dim=2))):
+        assert ours[3].isnan()
+        torch.testing.assert_close(ours[:3], theirs[:3].amax(dim=1), rtol=1e-5, atol=0)
 
 
 @needs_kernel
@@ -164,10 +222,16 @@ def test_positive_pairs_are_torchs_nonzero(vocab):
 
 @needs_kernel
 def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
-    screen = screen_kernels.FusedScreen(screen_kernels.load(), torch.ones(32, 32).bfloat16(), torch.zeros(32),
-                                        torch.zeros(32), (torch.zeros(32), torch.zeros(32)), instructions=INSTRUCTIONS[0])
+    library, zeros, scales = screen_kernels.load(), torch.zeros(32), (torch.zeros(1), torch.zeros(1))
+    if screen_kernels.fused_screen() == "amx":
+        screen = screen_kernels.AmxScreen(library, torch.ones(32, 32).bfloat16(), zeros, zeros, (zeros, zeros))
+        inputs = (torch.ones(1, 31, 32).bfloat16(), scales)
+    else:
+        screen = screen_kernels.VnniScreen(library, torch.ones(32, 32, dtype=torch.int8), torch.ones(32), zeros, zeros,
+                                           (zeros, zeros))
+        inputs = (torch.ones(1, 31, 32, dtype=torch.int8), torch.ones(1, 31), torch.zeros(1, 31, dtype=torch.int32), scales)
     with pytest.raises(ValueError, match="multiple of 32"):
-        screen(torch.ones(1, 31, 32).bfloat16(), (torch.zeros(1), torch.zeros(1)))
+        screen(*inputs)
 
 
 @needs_kernel
@@ -175,7 +239,7 @@ def test_the_kernel_refuses_lengths_its_tiles_cannot_take():
                          ids=["plain", "inflated", "dense", "tiny-logits"])
 def test_the_kernels_bound_holds_and_the_weights_equal_the_torch_screens(shift, scale, hidden):
     states, mask, weight, bias = random_case(4, documents=6, length=40, hidden=hidden, vocab=3000, shift=shift, scale=scale)
-    fused = ScreenedProjection(weight, bias, dtype=torch.bfloat16)
+    fused = ScreenedProjection(weight, bias)
     assert fused.fused is not None
     padded = torch.where(mask.bool().unsqueeze(-1), states, states[:, :1])
     exact_max = (padded.double() @ weight.double().T).amax(dim=1) + bias.double()
@@ -190,8 +254,9 @@ def test_the_kernels_bound_holds_and_the_weights_equal_the_torch_screens(shift, 
 
 
 @needs_kernel
-def test_the_kernels_bound_is_tighter_and_screens_fewer_candidates(encoder):
-    """Residual norms instead of the worst case: fewer pairs to recheck on real states, same weights."""
+def test_the_kernels_bound_keeps_few_candidates(encoder):
+    """Residual norms instead of the worst case: on AMX fewer pairs to recheck on real states than the torch
+    screen's bf16 bound, in int8 at most twice the positive weights; the same weights."""
     batch, _ = encoder.tokenize(["Glaciers are slow rivers of ice that carve valleys in mountains. " * 20,
                                  "Vaccines train the immune system to recognise a virus."], 256)
     with torch.inference_mode():
@@ -200,8 +265,14 @@ def test_the_kernels_bound_is_tighter_and_screens_fewer_candidates(encoder):
     fused = ScreenedProjection(decoder.weight, decoder.bias)
     plain = ScreenedProjection(decoder.weight, decoder.bias, kernels=False)
     padded = torch.where(batch["attention_mask"].bool().unsqueeze(-1), states, states[:, :1])
-    assert 0 < (fused.screen(padded) > 0).sum() < (plain.screen(padded) > 0).sum()
-    assert torch.equal(fused(states, batch["attention_mask"]), plain(states, batch["attention_mask"]))
+    weights = fused(states, batch["attention_mask"])
+    candidates, positives = int((fused.screen(padded) > 0).sum()), int((weights > 0).sum())
+    print(f"{candidates / positives:.2f} candidates per positive weight")
+    if fused.dtype == torch.bfloat16:
+        assert 0 < candidates < (plain.screen(padded) > 0).sum()
+    else:
+        assert 0 < positives <= candidates <= 2 * positives
+    assert torch.equal(weights, plain(states, batch["attention_mask"]))
     assert 0 < accumulation_factor(128) < 1e-4
 
 

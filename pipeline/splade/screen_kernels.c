@@ -1,8 +1,8 @@
-// SPLADE's screen on Intel AMX or on AVX512-BF16: out[d, v] = max over document d's tokens t of
-// sum_k tokens[t, k] * weight[v, k], bf16 products accumulated in fp32, plus bias[v] and the screen's error bound,
-// fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]. Each 32 tokens x 32 terms of logits are max-pooled
-// as they leave the tile registers (or the vector registers), so the [tokens x vocabulary] logits never reach
-// memory. The kernel also names, for each (d, v), the one block of 32 tokens that must hold the exact maximum, where
+// SPLADE's screen on Intel AMX (bf16) or on AVX512-VNNI (int8): out[d, v] = max over document d's tokens t of the
+// low-precision logit of t and v (AMX: sum_k tokens[t, k] * weight[v, k], bf16 products accumulated in fp32), plus
+// bias[v] and the screen's error bound, fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]. Each 32 tokens x
+// 32 terms of logits are max-pooled as they leave the tile registers (or the vector registers), so the
+// [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v), the one block of 32 tokens that must hold the exact maximum, where
 // the bound proves it (blocks[d, v], else -1). Its candidates' exact fp32 recheck is here too (`max_dots`,
 // AVX-512), over that block alone where there is one. Built by screen_kernels.py; see there for the layouts.
 #include <immintrin.h>
@@ -150,86 +150,142 @@ static void amx_max_pool_terms(const uint16_t *tokens, const uint16_t *packed, c
     }
 }
 
-// The same share on AVX512-BF16 dot products (a CPU without AMX: AMD Zen 4 and later, Intel Cooper Lake), in the
-// same packed layout, read as [vocabulary / 16][hidden / 2][16 terms][2]: one vector holds a pair of hidden entries
-// of 16 terms. 8 tokens x 32 terms of fp32 sums stay in 16 registers while the pairs run (vdpbf16ps adds both
-// products of a pair, each exact in fp32, to its sum: fp32 accumulation, as on AMX), then their maxima go into the
-// block's. The weights of 32 terms (8 KB at hidden 128) stay in L1 while a document's tokens pass.
-#define DOT_TOKENS 8
+// tokens: [documents * length, hidden] bf16, row-major; length and hidden multiples of 32.
+// packed: the weight as [vocabulary / 16][hidden / 32][16 pairs][16 terms][2] bf16 (AMX's VNNI layout),
+// vocabulary a multiple of 32. bias, fixed, slack_*: [vocabulary]; scale_*: [documents]; out: [documents, vocabulary]
+// fp32; blocks: [documents, vocabulary] int16. The terms are shared among OpenMP's threads: torch's own pool when
+// torch's libgomp is loaded first. The process must have been granted AMX state (amx_request).
+void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed, const float *slack_a,
+                  const float *slack_b, const float *scale_a, const float *scale_b, float *out, int16_t *blocks,
+                  int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary, int64_t block_terms) {
+    const screen_output to = {bias, fixed, slack_a, slack_b, scale_a, scale_b, out, blocks, vocabulary};
+#pragma omp parallel
+    {
+        const int64_t groups = vocabulary / 32, threads = omp_get_num_threads(), thread = omp_get_thread_num();
+        configure_tiles();
+        amx_max_pool_terms(tokens, packed, &to, documents, length, hidden, groups * thread / threads * 32,
+                           groups * (thread + 1) / threads * 32, block_terms);
+        _tile_release();
+    }
+}
 
-// The max over 32 tokens (rows, `pairs` pairs each) of their logits with 32 terms (weight0, weight1: 16 each), into
-// maxima[0..32). Not inlined: the caller's block maxima would take registers the 16 sums need.
-static __attribute__((noinline)) void dot_max_of_block(const uint32_t *rows, const uint32_t *weight0,
-                                                        const uint32_t *weight1, int64_t pairs, float *maxima) {
+// The screen in int8 on AVX512-VNNI, for a CPU without AMX (AMD Zen 4 and later; Intel Cascade Lake to Ice Lake):
+// each token t is q_t * s_t (q_t int8, s_t = max |h_t| / 127, per token) and each term v is q_v * s_v, so a logit is
+// s_t * s_v * (q_t . q_v), whose integer dot product is exact (vpdpbusd: 64 byte products a cycle, twice bf16's).
+// vpdpbusd multiplies unsigned bytes by signed ones: the terms are stored as q_v + 128, and each token's sums start at
+// -128 * sum(q_t) (its `offset`), which takes the 128s out again. 8 tokens x 32 terms of int32 sums stay in 16
+// registers while the hidden entries run 4 at a time; each sum is then scaled by its token's s_t and max-pooled, and
+// the block's maxima by the terms' s_v. The weights of 32 terms (4 KB at hidden 128) stay in L1 while a document's
+// tokens pass.
+#define VNNI_TOKENS 8
+
+// The max over 32 tokens (rows of `quads` 4-byte groups; their scales and offsets) of their scaled logits with 32
+// terms (weight0, weight1: 16 each), into maxima[0..32). Not inlined: the caller's block maxima would take
+// registers the 16 sums need.
+static __attribute__((noinline)) void vnni_max_of_block(const int32_t *rows, const float *scales, const int32_t *offsets,
+                                                         const int32_t *weight0, const int32_t *weight1, int64_t quads,
+                                                         float *maxima) {
     __m512 max0 = _mm512_set1_ps(-INFINITY), max1 = _mm512_set1_ps(-INFINITY);
-    for (int64_t row = 0; row < 32; row += DOT_TOKENS) {
-        const uint32_t *first = rows + row * pairs;
-        __m512 sums[DOT_TOKENS][2];
+    for (int64_t row = 0; row < 32; row += VNNI_TOKENS) {
+        const int32_t *first = rows + row * quads;
+        __m512i sums[VNNI_TOKENS][2];
 #pragma GCC unroll 8
-        for (int r = 0; r < DOT_TOKENS; r++) sums[r][0] = sums[r][1] = _mm512_setzero_ps();
-        for (int64_t pair = 0; pair < pairs; pair++) {
-            const __m512bh w0 = (__m512bh)_mm512_loadu_si512(weight0 + pair * 16);
-            const __m512bh w1 = (__m512bh)_mm512_loadu_si512(weight1 + pair * 16);
+        for (int r = 0; r < VNNI_TOKENS; r++) sums[r][0] = sums[r][1] = _mm512_set1_epi32(offsets[row + r]);
+        for (int64_t quad = 0; quad < quads; quad++) {
+            const __m512i w0 = _mm512_loadu_si512(weight0 + quad * 16), w1 = _mm512_loadu_si512(weight1 + quad * 16);
 #pragma GCC unroll 8
-            for (int r = 0; r < DOT_TOKENS; r++) {
-                const __m512bh h = (__m512bh)_mm512_set1_epi32((int)first[r * pairs + pair]);
-                sums[r][0] = _mm512_dpbf16_ps(sums[r][0], h, w0);
-                sums[r][1] = _mm512_dpbf16_ps(sums[r][1], h, w1);
+            for (int r = 0; r < VNNI_TOKENS; r++) {
+                const __m512i h = _mm512_set1_epi32(first[r * quads + quad]);
+                sums[r][0] = _mm512_dpbusd_epi32(sums[r][0], w0, h);
+                sums[r][1] = _mm512_dpbusd_epi32(sums[r][1], w1, h);
             }
         }
 #pragma GCC unroll 8
-        for (int r = 0; r < DOT_TOKENS; r++) {
-            max0 = _mm512_max_ps(max0, sums[r][0]);
-            max1 = _mm512_max_ps(max1, sums[r][1]);
+        for (int r = 0; r < VNNI_TOKENS; r++) {
+            const __m512 scale = _mm512_set1_ps(scales[row + r]);
+            max0 = _mm512_max_ps(max0, _mm512_mul_ps(_mm512_cvtepi32_ps(sums[r][0]), scale));
+            max1 = _mm512_max_ps(max1, _mm512_mul_ps(_mm512_cvtepi32_ps(sums[r][1]), scale));
         }
     }
     _mm512_storeu_ps(maxima, max0);
     _mm512_storeu_ps(maxima + 16, max1);
 }
 
-static void dot_max_pool_terms(const uint16_t *tokens, const uint16_t *packed, const screen_output *to,
-                               int64_t documents, int64_t length, int64_t hidden, int64_t first_term, int64_t last_term,
-                               int64_t block_terms) {
-    const int64_t pairs = hidden / 2;
-    float maxima[32] __attribute__((aligned(64)));
-    for (int64_t block = first_term; block < last_term; block += block_terms) {
-        const int64_t block_end = block + block_terms < last_term ? block + block_terms : last_term;
-        for (int64_t document = 0; document < documents; document++) {
-            const uint32_t *first_token = (const uint32_t *)(tokens + document * length * hidden);
-            for (int64_t term = block; term < block_end; term += 32) {
-                const uint32_t *weight0 = (const uint32_t *)(packed + (term / 16) * hidden * 16);
-                block_maxima low = no_block(), high = no_block();
-                for (int64_t token = 0; token < length; token += 32) {
-                    dot_max_of_block(first_token + token * pairs, weight0, weight0 + pairs * 16, pairs, maxima);
-                    add_block(&low, _mm512_load_ps(maxima), token / 32);
-                    add_block(&high, _mm512_load_ps(maxima + 16), token / 32);
+// tokens: [documents * length, hidden] int8 and their scales and offsets [documents * length] (`quantized_with_norms`);
+// length and hidden multiples of 32. packed: the weight's q_v + 128 as [vocabulary / 16][hidden / 4][16 terms][4]
+// uint8, term_scales [vocabulary], vocabulary a multiple of 32; the rest as amx_max_pool's.
+void vnni_max_pool(const int8_t *tokens, const float *token_scales, const int32_t *token_offsets, const uint8_t *packed,
+                   const float *term_scales, const float *bias, const float *fixed, const float *slack_a,
+                   const float *slack_b, const float *scale_a, const float *scale_b, float *out, int16_t *blocks,
+                   int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary, int64_t block_terms) {
+    const screen_output to = {bias, fixed, slack_a, slack_b, scale_a, scale_b, out, blocks, vocabulary};
+    const int64_t quads = hidden / 4;
+#pragma omp parallel
+    {
+        const int64_t groups = vocabulary / 32, threads = omp_get_num_threads(), thread = omp_get_thread_num();
+        const int64_t first_term = groups * thread / threads * 32, last_term = groups * (thread + 1) / threads * 32;
+        float maxima[32] __attribute__((aligned(64)));
+        for (int64_t block = first_term; block < last_term; block += block_terms) {
+            const int64_t block_end = block + block_terms < last_term ? block + block_terms : last_term;
+            for (int64_t document = 0; document < documents; document++) {
+                const int32_t *first_token = (const int32_t *)(tokens + document * length * hidden);
+                for (int64_t term = block; term < block_end; term += 32) {
+                    const int32_t *weight0 = (const int32_t *)(packed + term * hidden);
+                    const __m512 scale0 = _mm512_loadu_ps(term_scales + term), scale1 = _mm512_loadu_ps(term_scales + term + 16);
+                    block_maxima low = no_block(), high = no_block();
+                    for (int64_t token = 0; token < length; token += 32) {
+                        const int64_t at = document * length + token;
+                        vnni_max_of_block(first_token + token * quads, token_scales + at, token_offsets + at, weight0,
+                                          weight0 + quads * 16, quads, maxima);
+                        add_block(&low, _mm512_mul_ps(_mm512_load_ps(maxima), scale0), token / 32);
+                        add_block(&high, _mm512_mul_ps(_mm512_load_ps(maxima + 16), scale1), token / 32);
+                    }
+                    store_group(&to, document, term, &low, &high);
                 }
-                store_group(to, document, term, &low, &high);
             }
         }
     }
 }
 
-// tokens: [documents * length, hidden] bf16, row-major; length and hidden multiples of 32.
-// packed: the weight as [vocabulary / 16][hidden / 32][16 pairs][16 terms][2] bf16 (AMX's VNNI layout),
-// vocabulary a multiple of 32. bias, fixed, slack_*: [vocabulary]; scale_*: [documents]; out: [documents, vocabulary]
-// fp32; blocks: [documents, vocabulary] int16. The terms are shared among OpenMP's threads: torch's own pool when
-// torch's libgomp is loaded first. use_amx: AMX tiles (granted by amx_request), else AVX512-BF16.
-void max_pool(const uint16_t *tokens, const uint16_t *packed, const float *bias, const float *fixed, const float *slack_a,
-              const float *slack_b, const float *scale_a, const float *scale_b, float *out, int16_t *blocks,
-              int64_t documents, int64_t length, int64_t hidden, int64_t vocabulary, int64_t block_terms, int use_amx) {
-    const screen_output to = {bias, fixed, slack_a, slack_b, scale_a, scale_b, out, blocks, vocabulary};
-#pragma omp parallel
-    {
-        const int64_t groups = vocabulary / 32, threads = omp_get_num_threads(), thread = omp_get_thread_num();
-        const int64_t first = groups * thread / threads * 32, last = groups * (thread + 1) / threads * 32;
-        if (use_amx) {
-            configure_tiles();
-            amx_max_pool_terms(tokens, packed, &to, documents, length, hidden, first, last, block_terms);
-            _tile_release();
-        } else {
-            dot_max_pool_terms(tokens, packed, &to, documents, length, hidden, first, last, block_terms);
+// The int8 screen's inputs in one pass over fp32 states [documents, length, hidden]: per token, s = max |x| / 127,
+// q = x / s rounded to nearest (even) and kept within +-127, into tokens [documents * length, padded_hidden] (zeros
+// beyond hidden), scales and offsets (-128 * sum(q)); per document the largest token norm of states, of the
+// residual states - s * q, and of s * q (norms [documents, 3]; NaN where a token's norm is NaN, infinite where
+// one is).
+void quantized_with_norms(const float *states, int8_t *tokens, float *scales, int32_t *offsets, float *norms,
+                          int64_t documents, int64_t length, int64_t hidden, int64_t padded_hidden) {
+#pragma omp parallel for schedule(static)
+    for (int64_t document = 0; document < documents; document++) {
+        float largest[3] = {0.0f, 0.0f, 0.0f};
+        int not_a_number = 0;
+        for (int64_t token = 0; token < length; token++) {
+            const int64_t at = document * length + token;
+            const float *row = states + at * hidden;
+            int8_t *out = tokens + at * padded_hidden;
+            float magnitude = 0.0f;
+            for (int64_t k = 0; k < hidden; k++) magnitude = fmaxf(magnitude, fabsf(row[k]));
+            const float scale = magnitude / 127.0f, inverse = magnitude > 0.0f ? 127.0f / magnitude : 0.0f;
+            float sums[3] = {0.0f, 0.0f, 0.0f};
+            int32_t total = 0;
+            for (int64_t k = 0; k < hidden; k++) {
+                const float level = fminf(fmaxf(nearbyintf(row[k] * inverse), -127.0f), 127.0f);
+                const float back = scale * level, residual = row[k] - back;
+                out[k] = (int8_t)level;
+                total += (int32_t)level;
+                sums[0] += row[k] * row[k];
+                sums[1] += residual * residual;
+                sums[2] += back * back;
+            }
+            memset(out + hidden, 0, (size_t)(padded_hidden - hidden));
+            scales[at] = scale;
+            offsets[at] = -128 * total;
+            for (int i = 0; i < 3; i++) {
+                const float norm = sqrtf(sums[i]);
+                not_a_number |= isnan(norm);
+                largest[i] = norm > largest[i] ? norm : largest[i];
+            }
         }
+        for (int i = 0; i < 3; i++) norms[document * 3 + i] = not_a_number ? NAN : largest[i];
     }
 }
 
