@@ -27,6 +27,7 @@ import torch
 
 from pipeline import data, gpu_bench, peer_encoders, roofline
 from pipeline.files import atomic_path, write_json
+from pipeline.splade import screen_kernels
 from pipeline.splade.model import SpladeEncoder
 from pipeline.training import losses
 
@@ -54,7 +55,7 @@ def projection_rate(model: str, texts: list[str], *, max_length: int, batch_size
                 seconds[part] += time.perf_counter() - started
             flops += 2 * int(mask.sum()) * states.shape[-1] * projection.vocab_size
     return {"screening_dtype": str(projection.dtype).removeprefix("torch."),
-            "screen_kernel": projection.fused and projection.fused.instructions,
+            "screen_kernel": screen_kernels.fused_screen() if projection.fused is not None else None,
             "projection_gflops": flops / seconds["whole"] / 1e9, "screen_gflops": flops / seconds["screen"] / 1e9,
             "projection_flops": flops}
 

@@ -6,6 +6,7 @@ import json
 from pipeline.bench import bench, replicated_folder
 from pipeline.peer_encoders import compare
 from pipeline.files import count_lines
+from pipeline.splade import screen_kernels
 
 from conftest import DOCS
 
@@ -34,6 +35,7 @@ def test_bench_on_a_tiny_input(model_path, beir_folder, tmp_path):
     assert results["exactness"]["max_float_difference"] < 1e-5
     assert all(rate > 0 for rates in results["roofline"]["gflops"].values() for rate in rates.values())
     assert results["projection"]["projection_fraction_of_best_gemm"] > 0 and results["projection"]["screen_fraction_of_best_gemm"] > 0
+    assert results["projection"]["screen_kernel"] == screen_kernels.fused_screen()  # "amx", "avx512_vnni" or None
     one, replicated = results["encode_stage"]
     assert (one["docs"], replicated["docs"]) == (len(DOCS), 2 * len(DOCS))
     assert json.loads((tmp_path / "bench.json").read_text())["speedup"].keys() == {"sentence-transformers", "pyserini", "reference"}
