@@ -310,6 +310,33 @@ def test_the_block_the_screen_names_holds_the_exact_maximum(encoder):
     assert (best == 0).any() and (blocks[0][best == 0] == -1).all()
 
 
+@needs_kernel
+@pytest.mark.parametrize(("hidden", "magnitude"), [(40, 1e-24), (768, 1e-24), (7, 1e-37)])
+def test_tiny_states_lose_no_weight(hidden, magnitude):
+    """Squares of entries this small underflow in fp32, and the norms and the bound would with them (and 127 / max
+    overflows at the smallest): such a document is rechecked whole, so every positive fp32 weight is kept."""
+    generator = torch.Generator().manual_seed(hidden)
+    states = torch.randn(2, 32, hidden, generator=generator) * magnitude
+    states[..., 1::2] = 0  # zeros as well (0 times an overflowed 127 / max is NaN)
+    weight = torch.randn(300, hidden, generator=generator)
+    exact_max = (states.double() @ weight.double().T).amax(dim=1)
+    bias = (exact_max[0].abs() * 1e-3 - exact_max[0]).float()  # document 0's weights just above 0
+    mask = torch.ones(states.shape[:2], dtype=torch.long)
+    ours = ScreenedProjection(weight, bias)(states, mask)
+    exact = exact_max + bias.double()
+    assert (exact[0] > 0).all() and torch.equal(ours > 0, exact > 0)
+
+
+@needs_kernel
+def test_a_decoder_weight_that_is_not_finite_goes_to_the_torch_screen():
+    """Its bound would not be finite: the torch screen runs, and the weight reaches the output for encode to refuse."""
+    states, mask, weight, bias = random_case(6)
+    weight[3, 0] = torch.inf
+    projection = ScreenedProjection(weight, bias)
+    assert projection.fused is None and ScreenedProjection(weight[:3], bias[:3]).fused is not None
+    assert projection(states, mask)[:, 3].isinf().any()
+
+
 def test_without_a_compiler_the_torch_screen_runs(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert screen_kernels.load.__wrapped__() is None

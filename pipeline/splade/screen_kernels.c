@@ -1,8 +1,8 @@
 // SPLADE's screen on Intel AMX (bf16) or on AVX512-VNNI (int8): out[d, v] = max over document d's tokens t of the
-// low-precision logit of t and v (AMX: sum_k tokens[t, k] * weight[v, k], bf16 products accumulated in fp32), plus
-// bias[v] and the screen's error bound, fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]. Each 32 tokens x
-// 32 terms of logits are max-pooled as they leave the tile registers (or the vector registers), so the
-// [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v), the one block of 32 tokens that must hold the exact maximum, where
+// low-precision logit of t and v (AMX: sum_k tokens[t, k] * weight[v, k], bf16 products accumulated in fp32),
+// plus bias[v] and the screen's error bound, fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]. Each
+// 32 tokens x 32 terms of logits are max-pooled as they leave the tile registers (or the vector registers), so
+// the [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v), the one block of 32 tokens that must hold the exact maximum, where
 // the bound proves it (blocks[d, v], else -1). Its candidates' exact fp32 recheck is here too (`max_dots`,
 // AVX-512), over that block alone where there is one. Built by screen_kernels.py; see there for the layouts.
 #include <immintrin.h>
@@ -15,6 +15,9 @@
 #include <unistd.h>
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
+// Below this largest magnitude a token's squared entries could underflow (more so under flush-to-zero), so its fp32
+// norms could read 0 and the bound with them: such a token's document gets infinite norms (all its pairs rechecked).
+#define SMALLEST_MAGNITUDE 0x1p-50f
 #define XFEATURE_XTILEDATA 18
 
 // Linux hands out AMX state only to a process that asks for it (once, for all its threads); 0 when granted.
@@ -178,16 +181,17 @@ void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *b
 // the block's maxima by the terms' s_v. The weights of 32 terms (4 KB at hidden 128) stay in L1 while a document's
 // tokens pass.
 #define VNNI_TOKENS 8
+typedef int32_t __attribute__((may_alias)) quad;  // 4 bytes of int8 tokens or uint8 weights, read as one
 
 // The max over 32 tokens (rows of `quads` 4-byte groups; their scales and offsets) of their scaled logits with 32
 // terms (weight0, weight1: 16 each), into maxima[0..32). Not inlined: the caller's block maxima would take
 // registers the 16 sums need.
-static __attribute__((noinline)) void vnni_max_of_block(const int32_t *rows, const float *scales, const int32_t *offsets,
-                                                         const int32_t *weight0, const int32_t *weight1, int64_t quads,
+static __attribute__((noinline)) void vnni_max_of_block(const quad *rows, const float *scales, const int32_t *offsets,
+                                                         const quad *weight0, const quad *weight1, int64_t quads,
                                                          float *maxima) {
     __m512 max0 = _mm512_set1_ps(-INFINITY), max1 = _mm512_set1_ps(-INFINITY);
     for (int64_t row = 0; row < 32; row += VNNI_TOKENS) {
-        const int32_t *first = rows + row * quads;
+        const quad *first = rows + row * quads;
         __m512i sums[VNNI_TOKENS][2];
 #pragma GCC unroll 8
         for (int r = 0; r < VNNI_TOKENS; r++) sums[r][0] = sums[r][1] = _mm512_set1_epi32(offsets[row + r]);
@@ -228,9 +232,9 @@ void vnni_max_pool(const int8_t *tokens, const float *token_scales, const int32_
         for (int64_t block = first_term; block < last_term; block += block_terms) {
             const int64_t block_end = block + block_terms < last_term ? block + block_terms : last_term;
             for (int64_t document = 0; document < documents; document++) {
-                const int32_t *first_token = (const int32_t *)(tokens + document * length * hidden);
+                const quad *first_token = (const quad *)(tokens + document * length * hidden);
                 for (int64_t term = block; term < block_end; term += 32) {
-                    const int32_t *weight0 = (const int32_t *)(packed + term * hidden);
+                    const quad *weight0 = (const quad *)(packed + term * hidden);
                     const __m512 scale0 = _mm512_loadu_ps(term_scales + term), scale1 = _mm512_loadu_ps(term_scales + term + 16);
                     block_maxima low = no_block(), high = no_block();
                     for (int64_t token = 0; token < length; token += 32) {
@@ -251,20 +255,21 @@ void vnni_max_pool(const int8_t *tokens, const float *token_scales, const int32_
 // q = x / s rounded to nearest (even) and kept within +-127, into tokens [documents * length, padded_hidden] (zeros
 // beyond hidden), scales and offsets (-128 * sum(q)); per document the largest token norm of states, of the
 // residual states - s * q, and of s * q (norms [documents, 3]; NaN where a token's norm is NaN, infinite where
-// one is).
+// one is or where a token's largest magnitude is below SMALLEST_MAGNITUDE, but not 0).
 void quantized_with_norms(const float *states, int8_t *tokens, float *scales, int32_t *offsets, float *norms,
                           int64_t documents, int64_t length, int64_t hidden, int64_t padded_hidden) {
 #pragma omp parallel for schedule(static)
     for (int64_t document = 0; document < documents; document++) {
         float largest[3] = {0.0f, 0.0f, 0.0f};
-        int not_a_number = 0;
+        int not_a_number = 0, tiny = 0;
         for (int64_t token = 0; token < length; token++) {
             const int64_t at = document * length + token;
             const float *row = states + at * hidden;
             int8_t *out = tokens + at * padded_hidden;
             float magnitude = 0.0f;
             for (int64_t k = 0; k < hidden; k++) magnitude = fmaxf(magnitude, fabsf(row[k]));
-            const float scale = magnitude / 127.0f, inverse = magnitude > 0.0f ? 127.0f / magnitude : 0.0f;
+            tiny |= magnitude > 0.0f && magnitude < SMALLEST_MAGNITUDE;
+            const float scale = magnitude / 127.0f, inverse = magnitude >= SMALLEST_MAGNITUDE ? 127.0f / magnitude : 0.0f;
             float sums[3] = {0.0f, 0.0f, 0.0f};
             int32_t total = 0;
             for (int64_t k = 0; k < hidden; k++) {
@@ -285,7 +290,7 @@ void quantized_with_norms(const float *states, int8_t *tokens, float *scales, in
                 largest[i] = norm > largest[i] ? norm : largest[i];
             }
         }
-        for (int i = 0; i < 3; i++) norms[document * 3 + i] = not_a_number ? NAN : largest[i];
+        for (int i = 0; i < 3; i++) norms[document * 3 + i] = not_a_number ? NAN : tiny ? INFINITY : largest[i];
     }
 }
 
@@ -312,18 +317,19 @@ int64_t positive_pairs(const float *upper, int64_t documents, int64_t stride, in
 // The screen's inputs in one pass over fp32 states [documents, length, hidden]: low = bf16(states), rounded to
 // nearest even as torch rounds (a NaN may come out as another NaN, a zero or an infinity: its document's norms
 // are NaN, so each of its weights is rechecked), and per document the largest token norm of states, of the
-// rounding residual states - low, and of low (norms [documents, 3]; all three NaN where a token's norm is).
+// rounding residual states - low, and of low (norms [documents, 3]; all three NaN where a token's norm is, infinite
+// where a token's largest magnitude is below SMALLEST_MAGNITUDE, but not 0).
 void rounded_with_norms(const float *states, uint16_t *low, float *norms, int64_t documents, int64_t length,
                         int64_t hidden) {
     const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7FFF);
 #pragma omp parallel for schedule(static)
     for (int64_t document = 0; document < documents; document++) {
         float largest[3] = {0.0f, 0.0f, 0.0f};
-        int not_a_number = 0;
+        int not_a_number = 0, tiny = 0;
         for (int64_t token = 0; token < length; token++) {
             const float *row = states + (document * length + token) * hidden;
             uint16_t *out = low + (document * length + token) * hidden;
-            __m512 sums[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+            __m512 sums[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()}, magnitudes = _mm512_setzero_ps();
             for (int64_t k = 0; k < hidden; k += 16) {
                 const __mmask16 live = hidden - k >= 16 ? 0xFFFF : (__mmask16)((1u << (hidden - k)) - 1);
                 const __m512 x = _mm512_maskz_loadu_ps(live, row + k);
@@ -333,17 +339,20 @@ void rounded_with_norms(const float *states, uint16_t *low, float *norms, int64_
                 _mm256_mask_storeu_epi16(out + k, live, _mm512_cvtepi32_epi16(rounded));
                 const __m512 back = _mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16));
                 const __m512 residual = _mm512_sub_ps(x, back);
+                magnitudes = _mm512_max_ps(magnitudes, _mm512_abs_ps(x));
                 sums[0] = _mm512_fmadd_ps(x, x, sums[0]);
                 sums[1] = _mm512_fmadd_ps(residual, residual, sums[1]);
                 sums[2] = _mm512_fmadd_ps(back, back, sums[2]);
             }
+            const float magnitude = _mm512_reduce_max_ps(magnitudes);
+            tiny |= magnitude > 0.0f && magnitude < SMALLEST_MAGNITUDE;
             for (int i = 0; i < 3; i++) {
                 const float norm = sqrtf(_mm512_reduce_add_ps(sums[i]));
                 not_a_number |= isnan(norm);
                 largest[i] = norm > largest[i] ? norm : largest[i];
             }
         }
-        for (int i = 0; i < 3; i++) norms[document * 3 + i] = not_a_number ? NAN : largest[i];
+        for (int i = 0; i < 3; i++) norms[document * 3 + i] = not_a_number ? NAN : tiny ? INFINITY : largest[i];
     }
 }
 

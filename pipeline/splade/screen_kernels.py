@@ -212,8 +212,9 @@ class VnniScreen(_KernelScreen):
 
 
 def quantized_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row x of fp32 `matrix` as q * s: s = max |x| / 127 (fp32) and q = round(x / s) (int8), as
-    `quantized_with_norms` quantizes tokens."""
+    """Each row x of fp32 `matrix` as q * s: s = max |x| / 127 (fp32) and q = round(x / s) (int8, dividing in
+    float64; `quantized_with_norms` multiplies by an fp32 reciprocal, so its levels may differ by one). Any levels
+    keep the bound sound: it is computed from the residual x - s q of the levels chosen."""
     scales = matrix.float().abs().amax(dim=1) / 127
     levels = torch.round(matrix.double() / torch.where(scales > 0, scales, 1).double()[:, None])
     return levels.clamp(-127, 127).to(torch.int8), scales

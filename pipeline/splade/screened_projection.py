@@ -4,7 +4,7 @@
 multiply-adds per token, ~90 % of encoding. A document has a few hundred positive terms out of
 ~30,000, so the product only has to find *which* (document, term) pairs can be positive:
 
-1. screen: the product in bf16 (AMX or AVX512-BF16 on a CPU, tensor cores on a GPU), tile by tile so
+1. screen: the product in bf16 (AMX, or int8 on AVX512-VNNI, on a CPU; tensor cores on a GPU), tile by tile so
    the [tokens x vocabulary] logits never exist whole, each tile max-pooled while it is in cache;
 2. bound: bf16 rounds h and w to 8 significant bits and the product to bf16, with fp32 accumulation,
    so |screened - exact| <= eps * sum_i |h_ti| |w_vi| <= eps * ||h_t|| ||w_v|| (eps ~ 3 * 2^-8);
@@ -49,7 +49,7 @@ from pipeline.splade.screen_kernels import cpu_flags
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 BITS_AS_INT = {torch.bfloat16: torch.int16, torch.float32: torch.int32}
 FP32_UNIT_ROUNDOFF = 2.0**-24
-# bf16 products on AMX and AVX512-BF16 (and maybe oneDNN's elsewhere) flush subnormal inputs and results to zero: each of the
+# bf16 products on AMX (and maybe oneDNN's elsewhere) flush subnormal inputs and results to zero: each of the
 # hidden products then moves by at most this much times (1 + |h_i| + |w_i|), on top of the rounding.
 FLUSHED = 2.0**-126
 MARGIN = 1.01  # on every bound: the fp32 arithmetic that computes the bound itself
@@ -74,7 +74,7 @@ def error_factor(dtype: torch.dtype, hidden_size: int) -> float:
 
 
 def accumulation_factor(hidden_size: int) -> float:
-    """The C screen's bound (AMX or AVX512-BF16), which knows each rounding residual r = x - bf16(x) and keeps fp32 sums:
+    """The AMX screen's bound, which knows each rounding residual r = x - bf16(x) and keeps fp32 sums:
     |screened - exact fp32| <= ||r_h|| ||w|| + ||bf16(h)|| ||r_w|| + this * ||h|| ||w|| (times MARGIN):
     h.w - bf16(h).bf16(w) = r_h.w + bf16(h).r_w exactly, and both fp32 sums (screen and reference) add
     gamma_K each, doubled for the order of operations, of norms grown by at most (1 + u)^2 by rounding.
@@ -122,7 +122,8 @@ def int8_bound_scales(hidden_size: int, norms: torch.Tensor, residuals: torch.Te
     h.w - s_h s_w (q_h.q_w) = s_h q_h.r_w + r_h.w exactly, bounded by ||s_h q_h|| ||r_w|| + ||r_h|| ||w||. The
     integer dot product is exact; its conversion to fp32 and the two scalings round 3 times (3u of
     ||s_h q_h|| ||s_w q_w||). The residual's computation, fl(h - fl(s_h q_h)), is off by at most u ||s_h q_h||
-    more (doubled), and the fp32 reference sum by gamma_K ||h|| ||w|| (doubled, as in `accumulation_factor`)."""
+    more (doubled), and the fp32 reference sum by gamma_K ||h|| ||w|| (doubled, as in `accumulation_factor`). The
+    `fixed` term both kernels add, K * 2^-126 (1 + ||w||), covers subnormal roundings (here only the scalings')."""
     u = FP32_UNIT_ROUNDOFF
     return quantized, residuals + 2 * u * quantized + 2 * _gamma(hidden_size) * norms
 
@@ -138,7 +139,11 @@ def screening_dtype(device_type: str) -> torch.dtype:
 
 
 class ScreenedProjection:
-    """The exact SPLADE-max weights of token states [documents, tokens, hidden] under a decoder."""
+    """The exact SPLADE-max weights of token states [documents, tokens, hidden] under a decoder.
+
+    The screen runs on this CPU's C kernel (`screen_kernels.fused_screen`: bf16 on AMX, int8 on AVX512-VNNI) unless
+    `kernels` is False, `dtype` names another precision, or the decoder holds a weight that is not finite; otherwise
+    it is torch's GEMM in `dtype` (by default `screening_dtype`'s)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype | None = None,
                  tiling: Tiling | None = None, kernels: bool = True):
@@ -147,24 +152,28 @@ class ScreenedProjection:
         self.tiling = tiling or (CUDA_TILING if device.type == "cuda" else CPU_TILING)
         self.weight = weight
         self.bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.detach().float()
-        fused = kernels and device.type == "cpu" and screen_kernels.fused_screen()
+        fused = (kernels and device.type == "cpu" and torch.isfinite(weight).all() and torch.isfinite(self.bias).all()
+                 and screen_kernels.fused_screen())
+        if dtype == torch.int8 and fused != "avx512_vnni":
+            raise ValueError("an int8 screen runs on the AVX512-VNNI kernel alone, which this CPU does not run")
         self.fused, self.kernels = None, None
         if fused and dtype in (None, KERNEL_DTYPES[fused]):
             self.dtype, self.kernels = KERNEL_DTYPES[fused], screen_kernels.load()
-            hidden, norms = weight.shape[1], weight.norm(dim=1)
-            fixed = hidden * FLUSHED * (1 + norms)
+            # Norms in float64: fp32 squares of tiny entries would underflow (then the bound with them).
+            hidden, norms = weight.shape[1], weight.double().norm(dim=1)
+            fixed = (hidden * FLUSHED * (1 + norms)).float()
             if fused == "amx":  # the bound of `accumulation_factor`
                 rounded = weight.to(torch.bfloat16)
-                residual_norms = (weight - rounded.float()).norm(dim=1)
-                self.fused = screen_kernels.AmxScreen(self.kernels, rounded, self.bias, fixed,
-                                                      (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED)))
+                residual_norms = (weight.double() - rounded.double()).norm(dim=1)
+                slacks = (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED))
+                self.fused = screen_kernels.AmxScreen(self.kernels, rounded, self.bias, fixed, [slack.float() for slack in slacks])
             else:  # the bound of `int8_bound_scales`
                 levels, scales = screen_kernels.quantized_rows(weight)
                 back = levels.double() * scales.double()[:, None]
                 residual_norms, quantized_norms = (weight.double() - back).norm(dim=1), back.norm(dim=1)
+                slacks = (MARGIN * (residual_norms + 3 * FP32_UNIT_ROUNDOFF * quantized_norms), MARGIN * norms)
                 self.fused = screen_kernels.VnniScreen(self.kernels, levels, scales, self.bias, fixed,
-                                                       (MARGIN * (residual_norms + 3 * FP32_UNIT_ROUNDOFF * quantized_norms).float(),
-                                                        MARGIN * norms))
+                                                       [slack.float() for slack in slacks])
         else:
             self.dtype = dtype or screening_dtype(device.type)
             # The bias rides in the product as one more column, [h, 1] . [w, b] = h.w + b: the tile's logits
