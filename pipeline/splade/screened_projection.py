@@ -25,8 +25,9 @@ Intel Cascade Lake to Ice Lake), the same kernel screens in int8: each token and
 with a scale of its own, the integer products are exact, and the bound knows each quantization residual
 (`int8_bound_scales`): ~1.9 candidates per positive weight on SciFact, at int8's rate, twice bf16's.
 
-Elsewhere (a GPU, or a CPU with neither) the screen is torch's GEMM, tile by tile, with the bias as one more column of the product,
-and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces ~7x faster than bf16.
+Elsewhere (a GPU, or a CPU with neither) the screen is torch's GEMM, tile by tile, with the bias as one
+more column of the product, and the max-pool of a tile reads its bf16 bits as int16, which a CPU reduces
+~7x faster than bf16.
 Integer order is float order for non-negative floats only, and most logits are negative, so the tile is
 computed with -w: where every token's -logit is >= 0, the integer minimum is the float minimum and gives
 the max logit; where one is negative, a logit is positive and the pair is a candidate anyway. Where
