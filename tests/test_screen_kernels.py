@@ -353,3 +353,22 @@ def test_the_build_is_cached_by_source_and_flags(monkeypatch, tmp_path):
     stamp = built[0].stat().st_mtime_ns
     assert screen_kernels.load.__wrapped__() is not None
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+@needs_kernel
+def test_a_compiler_without_amx_still_builds_the_int8_screen(monkeypatch, tmp_path):
+    """A compiler that refuses -mamx-tile (GCC < 11) builds the library without its AMX code, once; the int8
+    screen and the passes are there, the AMX screen is not."""
+    import shutil
+
+    compiler = tmp_path / "cc-without-amx"
+    compiler.write_text(f'#!/bin/sh\nfor flag in "$@"; do [ "$flag" = -mamx-tile ] && exit 1; done\nexec {shutil.which("cc")} "$@"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    library = screen_kernels.load.__wrapped__()
+    assert library is not None and not hasattr(library, "amx_request") and hasattr(library, "vnni_max_pool")
+    built = list((tmp_path / "splade-pipeline").iterdir())
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert screen_kernels.load.__wrapped__() is not None and built[0].stat().st_mtime_ns == stamp

@@ -2,9 +2,11 @@
 // low-precision logit of t and v (AMX: sum_k tokens[t, k] * weight[v, k], bf16 products accumulated in fp32),
 // plus bias[v] and the screen's error bound, fixed[v] + scale_a[d] * slack_a[v] + scale_b[d] * slack_b[v]. Each
 // 32 tokens x 32 terms of logits are max-pooled as they leave the tile registers (or the vector registers), so
-// the [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v), the one block of 32 tokens that must hold the exact maximum, where
-// the bound proves it (blocks[d, v], else -1). Its candidates' exact fp32 recheck is here too (`max_dots`,
-// AVX-512), over that block alone where there is one. Built by screen_kernels.py; see there for the layouts.
+// the [tokens x vocabulary] logits never reach memory. The kernel also names, for each (d, v), the one block of
+// 32 tokens that must hold the exact maximum, where the bound proves it (blocks[d, v], else -1). Its candidates'
+// exact fp32 recheck is here too (`max_dots`, AVX-512), over that block alone where there is one. Built by
+// screen_kernels.py (with -DWITHOUT_AMX, and without the AMX code, by a compiler that knows no AMX); see there
+// for the layouts.
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -14,10 +16,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define ARCH_REQ_XCOMP_PERM 0x1023
 // Below this largest magnitude a token's squared entries could underflow (more so under flush-to-zero), so its fp32
 // norms could read 0 and the bound with them: such a token's document gets infinite norms (all its pairs rechecked).
 #define SMALLEST_MAGNITUDE 0x1p-50f
+
+#ifndef WITHOUT_AMX
+#define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
 
 // Linux hands out AMX state only to a process that asks for it (once, for all its threads); 0 when granted.
@@ -40,6 +44,7 @@ static void configure_tiles(void) {
     }
     _tile_loadconfig(&config);
 }
+#endif
 
 // For 16 terms: the largest and second largest of the block maxima seen so far, and the block of the largest.
 typedef struct {
@@ -59,6 +64,7 @@ static inline void add_block(block_maxima *maxima, __m512 maximum, int32_t block
     maxima->best = _mm512_max_ps(maxima->best, maximum);
 }
 
+#ifndef WITHOUT_AMX
 // The max over a block's 32 tokens of its stored logits (4 tiles: 2 x 16 tokens by 2 x 16 terms), added to
 // the block maxima of its 2 x 16 terms.
 static inline void max_pool_block(float (*stored)[16][16], int32_t block, block_maxima *low, block_maxima *high) {
@@ -71,6 +77,7 @@ static inline void max_pool_block(float (*stored)[16][16], int32_t block, block_
     add_block(low, max0, block);
     add_block(high, max1, block);
 }
+#endif
 
 // out = best + bias + bound for 16 terms; blocks = the block of the best where no other block's maximum can
 // reach it: every exact logit is within `bound` of its screened one, so best - second > 2 bound means the
@@ -106,6 +113,7 @@ static inline void store_group(const screen_output *to, int64_t document, int64_
     }
 }
 
+#ifndef WITHOUT_AMX
 // One thread's share on AMX: columns [first_term, last_term) of out, multiples of 32, in blocks of block_terms
 // terms whose weights stay in the core's L2 while every document passes. The logits of 32 tokens are stored
 // in one half of `results` and max-pooled once the next 32 tokens' products are under way (~10 % faster
@@ -171,6 +179,7 @@ void amx_max_pool(const uint16_t *tokens, const uint16_t *packed, const float *b
         _tile_release();
     }
 }
+#endif
 
 // The screen in int8 on AVX512-VNNI, for a CPU without AMX (AMD Zen 4 and later; Intel Cascade Lake to Ice Lake):
 // each token t is q_t * s_t (q_t int8, s_t = max |h_t| / 127, per token) and each term v is q_v * s_v, so a logit is

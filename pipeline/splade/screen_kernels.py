@@ -15,9 +15,9 @@ documents, in the recheck); built with -fopenmp and loaded after torch, it resol
 runs on torch's thread pool (torch.set_num_threads) rather than fighting a second pool for the cores.
 
 `fused_screen()` says which screen this CPU runs (from /proc/cpuinfo): None where it has neither AMX nor
-AVX512-VNNI, no C compiler is found, the build fails (e.g. a compiler without AMX intrinsics, GCC < 11), or
-PIPELINE_SCREEN_KERNELS=0: the torch screen runs instead, with the same output. Where Linux refuses AMX state,
-the int8 screen runs.
+AVX512-VNNI, no C compiler is found, the build fails, or PIPELINE_SCREEN_KERNELS=0: the torch screen runs
+instead, with the same output. Where Linux refuses AMX state, or the compiler knows no AMX (GCC < 11, Clang < 12:
+the library is then built without its AMX code), the int8 screen runs.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("screen_kernels.c")
-FLAGS = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mamx-tile", "-mamx-bf16", "-fopenmp",
-         "-shared", "-fPIC"]
+FLAGS = ["-O2", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-fopenmp", "-shared", "-fPIC"]
+AMX_COMPILE_FLAGS = ["-mamx-tile", "-mamx-bf16"]  # without them (GCC < 11, Clang < 12): -DWITHOUT_AMX
 TILE = 32  # tokens, hidden entries and terms per step of the kernel
 AMX_FLAGS = {"amx_tile", "amx_bf16"}
 # Without AMX: int8 dot products, and the AVX-512 the passes around the screen use.
@@ -56,20 +56,38 @@ def _cache_folder() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splade-pipeline"
 
 
-def _build(compiler: str) -> Path:
-    """The kernel's shared library, compiled once per source and flags (named by their hash); written to a
-    temporary name and renamed, so that concurrent ranks never load a half-written file."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    library = _cache_folder() / f"screen_kernels-{digest}.so"
+def _library(compiler: str, flags: list[str]) -> Path:
+    """Where the library built by `compiler` with `flags` is cached: named by a hash of the source and flags."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    return _cache_folder() / f"screen_kernels-{digest}.so"
+
+
+def _build(compiler: str, flags: list[str]) -> Path:
+    """The kernels' shared library, compiled once per source and flags; written to a temporary name and renamed,
+    so that concurrent ranks never load a half-written file."""
+    library = _library(compiler, flags)
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         staging = library.with_name(f"{library.name}.{os.getpid()}.tmp")
         try:
-            subprocess.run([compiler, *FLAGS, "-o", str(staging), str(SOURCE)], check=True, capture_output=True, text=True)
+            subprocess.run([compiler, *flags, "-o", str(staging), str(SOURCE)], check=True, capture_output=True, text=True)
             os.replace(staging, library)
         finally:
             staging.unlink(missing_ok=True)
     return library
+
+
+def _build_with_amx_if_known(compiler: str) -> Path:
+    """The library with its AMX code where the compiler knows AMX; else without it (the int8 screen still runs).
+    A library built without it earlier is taken as it is: the compiler's refusal is not asked again."""
+    without_amx = FLAGS + ["-DWITHOUT_AMX"]
+    if _library(compiler, without_amx).is_file():
+        return _library(compiler, without_amx)
+    try:
+        return _build(compiler, FLAGS + AMX_COMPILE_FLAGS)
+    except subprocess.CalledProcessError:
+        log.info("%s knows no AMX (GCC >= 11 and Clang >= 12 do): the kernels are built without the AMX screen", compiler)
+        return _build(compiler, without_amx)
 
 
 def cpu_flags() -> set[str]:
@@ -92,13 +110,15 @@ def load() -> ctypes.CDLL | None:
         log.info("no C compiler (cc, or $CC): the screen runs on torch's GEMM instead of the C kernel")
         return None
     try:
-        library = ctypes.CDLL(str(_build(compiler)))
+        library = ctypes.CDLL(str(_build_with_amx_if_known(compiler)))
     except (OSError, subprocess.CalledProcessError) as error:
         said = getattr(error, "stderr", "") or str(error)
         log.warning("could not build the screen's C kernel with %s (%s): the screen runs on torch's GEMM",
                     compiler, said.strip().splitlines()[-1] if said.strip() else error)
         return None
-    library.amx_max_pool.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 5
+    if hasattr(library, "amx_max_pool"):
+        library.amx_max_pool.argtypes = [ctypes.c_void_p] * 10 + [ctypes.c_int64] * 5
+        library.amx_max_pool.restype = None
     library.vnni_max_pool.argtypes = [ctypes.c_void_p] * 13 + [ctypes.c_int64] * 5
     library.quantized_with_norms.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 4
     library.max_dots.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3
@@ -106,7 +126,7 @@ def load() -> ctypes.CDLL | None:
     library.positive_pairs.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 2
     library.positive_pairs.restype = ctypes.c_int64
     library.rounded_with_norms.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
-    for name in ("amx_max_pool", "vnni_max_pool", "quantized_with_norms", "rounded_with_norms"):
+    for name in ("vnni_max_pool", "quantized_with_norms", "rounded_with_norms"):
         getattr(library, name).restype = None
     return library
 
@@ -119,9 +139,9 @@ def fused_screen() -> str | None:
     has_amx, has_vnni = AMX_FLAGS <= flags, VNNI_FLAGS <= flags
     if not (has_amx or has_vnni) or (library := load()) is None:
         return None
-    if has_amx and library.amx_request() == 0:
+    if has_amx and hasattr(library, "amx_request") and library.amx_request() == 0:
         return "amx"
-    if has_amx:
+    if has_amx and hasattr(library, "amx_request"):
         log.warning("Linux refused this process AMX state: the screen runs on %s",
                     "AVX512-VNNI" if has_vnni else "torch's GEMM")
     return "avx512_vnni" if has_vnni else None
