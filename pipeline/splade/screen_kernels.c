@@ -204,11 +204,11 @@ static __attribute__((noinline)) void vnni_max_of_block(const quad *rows, const 
         __m512i sums[VNNI_TOKENS][2];
 #pragma GCC unroll 8
         for (int r = 0; r < VNNI_TOKENS; r++) sums[r][0] = sums[r][1] = _mm512_set1_epi32(offsets[row + r]);
-        for (int64_t quad = 0; quad < quads; quad++) {
-            const __m512i w0 = _mm512_loadu_si512(weight0 + quad * 16), w1 = _mm512_loadu_si512(weight1 + quad * 16);
+        for (int64_t group = 0; group < quads; group++) {  // hidden entries 4 * group to 4 * group + 3
+            const __m512i w0 = _mm512_loadu_si512(weight0 + group * 16), w1 = _mm512_loadu_si512(weight1 + group * 16);
 #pragma GCC unroll 8
             for (int r = 0; r < VNNI_TOKENS; r++) {
-                const __m512i h = _mm512_set1_epi32(first[r * quads + quad]);
+                const __m512i h = _mm512_set1_epi32(first[r * quads + group]);
                 sums[r][0] = _mm512_dpbusd_epi32(sums[r][0], w0, h);
                 sums[r][1] = _mm512_dpbusd_epi32(sums[r][1], w1, h);
             }
