@@ -201,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, default=Path("runs/bench.md"))
     p.add_argument("--docs", type=int, default=1000, help="documents each encoder encodes")
     p.add_argument("--replicas", type=int, default=8, help="copies of the corpus for the flat-memory check")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each encoder, taken in turn (the median counts)")
 
     p = stages.add_parser("beir-eval", help="tables of eval outputs with leaderboards -> JSON + markdown")
     p.add_argument("evaluations", type=Path, nargs="+")
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage == "bench":
             from pipeline.bench import bench
 
-            bench(args.model, args.dataset, args.out, args.markdown, docs=args.docs, replicas=args.replicas)
+            bench(args.model, args.dataset, args.out, args.markdown, docs=args.docs, replicas=args.replicas,
+                  rounds=args.rounds)
         elif args.stage == "beir-eval":
             from pipeline.beir_eval import beir_eval
 
