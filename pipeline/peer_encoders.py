@@ -139,4 +139,9 @@ def compare(ours: Weights, reference: Weights) -> dict:
 def run_isolated(name: str, model: str, texts: list[str], **options) -> dict:
     """`ENCODERS[name]` in a fresh (spawned) process: docs/s, that process's peak RSS, and its weights."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_run, (name, model, texts, options))
+        run = pool.apply(_run, (name, model, texts, options))
+        # The worker exits on its own, running its finalizers: killed by the pool's exit instead, it would leave the
+        # semaphores its libraries made (tqdm's lock, joblib's) to the resource tracker's warnings at shutdown.
+        pool.close()
+        pool.join()
+    return run
