@@ -9,6 +9,8 @@ that evaluates many models on the same small collection (`k-sweep`) skips indexi
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from pipeline.encode import quantized_weights
@@ -28,11 +30,19 @@ def sparse_vectors(encoder, texts: list[str], *, max_length: int, scale: float =
         rows.append((torch.tensor(batch), quantized_weights(weights, scale).to_sparse()))
     vocab = encoder.model.vocab_size
     if not rows:
-        return torch.sparse_coo_tensor(torch.empty(2, 0, dtype=torch.long), torch.empty(0), (len(texts), vocab),
-                                       dtype=torch.float64).to_sparse_csr()
+        return _csr(torch.empty(2, 0, dtype=torch.long), torch.empty(0, dtype=torch.float64), (len(texts), vocab))
     indices = torch.cat([torch.stack([positions[block.indices()[0]], block.indices()[1]]) for positions, block in rows], dim=1)
     values = torch.cat([block.values() for _, block in rows]).double()
-    return torch.sparse_coo_tensor(indices, values, (len(texts), vocab)).coalesce().to_sparse_csr()
+    return _csr(indices, values, (len(texts), vocab))
+
+
+def _csr(indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A CSR matrix of COO entries, without torch's notices: the indices come from `to_sparse` (valid, so no
+    invariant check), and CSR's "beta" status is torch's to say, not each k-sweep's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        coo = torch.sparse_coo_tensor(indices, values, shape, check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
 
 
 def active_terms(vectors: torch.Tensor) -> float:
