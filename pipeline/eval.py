@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import data, leaderboards
@@ -76,6 +78,15 @@ def query_differences(judged: Iterable[str], hits: Hits, name: str) -> list[str]
     return notes
 
 
+@contextmanager
+def quiet_ranx() -> Iterator[None]:
+    """ranx's metrics run numba `prange` loops, whose counter numba types uint64, and numba says so when it compiles
+    them (once per machine, then cached): a note on ranx's code, not on the runs, and harmless there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="unsafe cast from uint64 to int64")
+        yield
+
+
 def evaluate(
     dataset: str, runs: dict[str, Path], out: Path | None = None, *, qrels_file: Path | None = None, max_p: float = 0.05
 ) -> dict:
@@ -101,11 +112,12 @@ def evaluate(
         loaded[name] = ranked_run(hits, name, judged)
     for note in notes:
         log.warning(note)
-    if len(loaded) > 1:  # compare evaluates each run
-        report = compare(qrels, list(loaded.values()), list(names.values()), stat_test="student", max_p=max_p)
-        means = report.results
-    else:
-        means = {name: ranx_evaluate(qrels, run, list(names.values())) for name, run in loaded.items()}
+    with quiet_ranx():
+        if len(loaded) > 1:  # compare evaluates each run
+            report = compare(qrels, list(loaded.values()), list(names.values()), stat_test="student", max_p=max_p)
+            means = report.results
+        else:
+            means = {name: ranx_evaluate(qrels, run, list(names.values())) for name, run in loaded.items()}
     scores = {name: {ours: float(means[name][theirs]) for ours, theirs in names.items()} for name in loaded}
     result = {
         "dataset": corpus.name,

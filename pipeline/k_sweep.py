@@ -31,7 +31,7 @@ from ranx import evaluate as ranx_evaluate
 from scipy import stats
 
 from pipeline import data
-from pipeline.eval import ranked_run
+from pipeline.eval import quiet_ranx, ranked_run
 from pipeline.exact_search import active_terms, exact_search, sparse_vectors
 from pipeline.files import atomic_path, write_json
 from pipeline.splade.model import SpladeEncoder
@@ -119,7 +119,8 @@ def evaluate_model(model: Path | str, target: EvalSet) -> dict:
         return {**_zero_scores(target), **active}
     qrels = Qrels(target.qrels)
     run = ranked_run(ranked, "run", target.qrels)  # a judged query without hits scores 0, as trec_eval -c
-    ranx_evaluate(qrels, run, list(METRICS))
+    with quiet_ranx():
+        ranx_evaluate(qrels, run, list(METRICS))
     return {"per_query": {metric: dict(run.scores[metric]) for metric in METRICS},
             **{metric: float(np.mean(list(run.scores[metric].values()))) for metric in METRICS}, **active}
 
