@@ -295,7 +295,8 @@ void quantized_with_norms(const float *states, int8_t *tokens, float *scales, in
                 // max and min return their second operand where the first is NaN: a NaN level becomes -127, as fmaxf
                 const __m512 level = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(
                     _mm512_mul_ps(x, inverses), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), least), most);
-                const __m512 back = _mm512_mul_ps(scales16, level), residual = _mm512_sub_ps(x, back);
+                // lanes past hidden stay 0 (not inf * 0 where the scale is inf: a row of +inf keeps infinite norms)
+                const __m512 back = _mm512_maskz_mul_ps(live, scales16, level), residual = _mm512_sub_ps(x, back);
                 const __m512i levels = _mm512_cvtps_epi32(level);
                 _mm_mask_storeu_epi8(out + k, live, _mm512_cvtepi32_epi8(levels));
                 totals = _mm512_add_epi32(totals, levels);
