@@ -248,12 +248,16 @@ def train(config: TrainConfig, *, resume: bool = False, examples: list | None = 
         if scaler:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm).item()
+        stepped = True
         if scaler:
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            stepped = scaler.get_scale() >= scale  # update() lowers the scale exactly when inf/NaN gradients skipped the step
         else:
             optimizer.step()
-        scheduler.step()
+        if stepped:  # a skipped step leaves the learning rate where it was, as Hugging Face's Trainer does
+            scheduler.step()
         record.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, lambda_q=lambda_q(step),
                       lambda_d=lambda_d(step), seconds=time.perf_counter() - started)
         history.append(record)

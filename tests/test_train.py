@@ -126,6 +126,20 @@ def test_resume_restores_the_grad_scaler_and_random_states(model_path, triples, 
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_a_step_the_grad_scaler_skips_leaves_the_learning_rate_where_it_was(model_path, triples, tmp_path, recwarn):
+    """fp16's first step overflows at the GradScaler's initial scale (2^16): the optimizer skips it, and so does the
+    schedule (torch warns when a schedule steps ahead of its optimizer)."""
+    train(config(model_path, triples, tmp_path / "run", steps=4, precision="fp16"))
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+    schedule = [1e-4 * factor for factor in (0.5, 1.0, 1.0, 0.5, 0.0)]  # after k optimizer steps: warm-up 2, then linear
+    rates = [row["lr"] for row in log_rows(tmp_path / "run")]
+    assert rates[0] == pytest.approx(schedule[0])  # the skipped first step left it
+    taken = {0}  # each step takes the optimizer's step or skips it: the optimizer steps each logged rate may follow
+    for rate in rates:
+        taken = {k for k in taken | {k + 1 for k in taken} if k < len(schedule) and rate == pytest.approx(schedule[k])}
+        assert taken, rates
+
+
 def test_resume_with_other_settings_is_refused(model_path, triples, tmp_path):
     with pytest.raises(ResumeError, match="nothing to resume"):
         train(config(model_path, triples, tmp_path / "run", steps=3), resume=True)
