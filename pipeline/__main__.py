@@ -201,7 +201,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", type=Path, default=Path("runs/bench.md"))
     p.add_argument("--docs", type=int, default=1000, help="documents each encoder encodes")
     p.add_argument("--replicas", type=int, default=8, help="copies of the corpus for the flat-memory check")
-    p.add_argument("--rounds", type=int, default=3, help="runs of each encoder, taken in turn (the median counts)")
+    p.add_argument("--rounds", type=_positive_int, default=3, help="runs of each encoder, taken in turn (the median counts)")
 
     p = stages.add_parser("beir-eval", help="tables of eval outputs with leaderboards -> JSON + markdown")
     p.add_argument("evaluations", type=Path, nargs="+")
