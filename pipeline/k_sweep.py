@@ -212,10 +212,10 @@ def summarize(cells: list[Cell], runs: list[dict], untrained: dict) -> list[dict
 
 
 def best_k(summary: list[dict]) -> list[dict]:
-    """Per (F, shift): the fixed k with the best mean nDCG@10, and whether auto is within one seed
-    standard deviation of it."""
+    """Per swept (F, shift): the fixed k with the best mean nDCG@10, and whether auto is within one seed
+    standard deviation of it. The healthy reference alone (F = 1 not swept) is no such group: it has no auto."""
     verdicts = []
-    for factor, shift in dict.fromkeys((row["factor"], row["shift"]) for row in summary if not _is_reference(row, summary)):
+    for factor, shift in dict.fromkeys((row["factor"], row["shift"]) for row in summary if row["k"] == "auto"):
         rows = [row for row in summary if (row["factor"], row["shift"]) == (factor, shift)]
         fixed = [row for row in rows if row["k"] != "auto"]
         auto = next(row for row in rows if row["k"] == "auto")
@@ -225,11 +225,6 @@ def best_k(summary: list[dict]) -> list[dict]:
                          "auto_k": auto["k_used"], "auto_ndcg@10": auto["ndcg@10"], "gap": gap,
                          "auto_within_one_std": gap <= best["ndcg@10"]["std"]})
     return verdicts
-
-
-def _is_reference(row: dict, summary: list[dict]) -> bool:
-    """The healthy reference is a cell of its own only where the sweep's cells are shifted (dense)."""
-    return row is summary[0] and any(other["shift"] != row["shift"] for other in summary)
 
 
 def _fmt(value: dict | None, digits: int = 4) -> str:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipeline.k_sweep import grid, k_sweep
+from pipeline.k_sweep import best_k, grid, k_sweep, summarize
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -50,3 +50,25 @@ def test_k_sweep_trains_evaluates_and_reports_the_grid(model_path, triples, beir
     assert all(f"| {factor} | 0 | {k} |" in markdown for factor, k in [(1, 1.0), (4, 4.0), (4, "auto")])
     for plot in ("k-sweep-ndcg.png", "k-sweep-active.png"):
         assert (tmp_path / plot).read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("factors, judged", [([1.0, 4.0], [1.0, 4.0]), ([4.0, 16.0], [4.0, 16.0])])
+def test_best_k_judges_each_swept_inflation_and_not_the_healthy_reference_alone(factors, judged):
+    """With F = 1 not swept (`--factors 4 16`), the healthy reference is a group of one cell and no auto."""
+    cells = grid(factors, [1.0, 4.0, 16.0])
+    qrels = ["q1", "q2"]
+    runs = []
+    for number, cell in enumerate(cells):
+        for seed in range(2):
+            per_query = {metric: {qid: number / 100 + (number + 1) * (seed + 2 * at + 1) % 11 / 2000 for at, qid in enumerate(qrels)}
+                         for metric in ("ndcg@10", "recall@100")}
+            runs.append({"cell": cell.name, "seed": seed, "trained_as": cell.name, "collapsed": False, "per_query": per_query,
+                         "k_used": 2.0 if cell.k == "auto" else cell.k, **{metric: sum(by_query.values()) / len(qrels)
+                                                                          for metric, by_query in per_query.items()},
+                         **dict.fromkeys(["active_d_init", "active_q_init", "active_d_end", "active_q_end", "eval_active_d",
+                                          "eval_active_q", "flops_d_end", "flops_q_end", "peak_loss"], 1.0)})
+    untrained = {"per_query": {metric: dict.fromkeys(qrels, 0.5) for metric in ("ndcg@10", "recall@100")}}
+    verdicts = best_k(summarize(cells, runs, untrained))
+    assert [verdict["factor"] for verdict in verdicts] == judged
+    for verdict in verdicts:  # later cells score higher here (by 0.01 a cell, give or take 0.005): the largest fixed k wins
+        assert verdict["best_k"] == 16.0 and verdict["auto_k"] == 2.0
