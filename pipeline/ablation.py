@@ -40,7 +40,9 @@ def _init_stats(model: str, inflate: float, rescale: str | None, sample: list[st
 
 
 def _retrieval(model_dir: Path, dataset: str, work: Path, name: str) -> dict:
-    encode(str(model_dir), work / "encoded", dataset=dataset)
+    """nDCG@10 and R@100 of a variant's trained model (a collapsed one's last good checkpoint, which its row marks
+    as collapsed), encoded afresh: each run of the stage trains its models anew."""
+    encode(str(model_dir), work / "encoded", dataset=dataset, fresh=True, accept_collapsed=True)
     index(work / "lucene", vectors=work / "encoded" / "docs")
     search(work / "lucene", work / f"{name}.trec", dataset, queries=work / "encoded" / "queries.jsonl")
     return evaluate(dataset, {name: work / f"{name}.trec"})["metrics"][name]

@@ -2,10 +2,12 @@
 and scored, with their tables and plot."""
 
 import json
+import shutil
 
 import pytest
+import safetensors.torch
 
-from pipeline.ablation import ablation, variants
+from pipeline.ablation import _retrieval, ablation, variants
 
 
 def test_ablation_trains_and_scores_the_four_variants(model_path, triples, beir_folder, tmp_path):
@@ -28,3 +30,18 @@ def test_ablation_trains_and_scores_the_four_variants(model_path, triples, beir_
     markdown = out.with_suffix(".md").read_text()
     assert all(f"| {name} |" in markdown for name, *_ in variants(16))
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_variant_is_scored_from_its_last_good_checkpoint_and_encoded_afresh_when_trained_again(model_path, beir_folder, tmp_path):
+    model, work = tmp_path / "variant", tmp_path / "work"
+    shutil.copytree(model_path, model)
+    # collapsed: its folder holds the last good checkpoint and collapse.json, which encode refuses unless accepted
+    (model / "collapse.json").write_text(json.dumps({"reason": "active terms at 0.0", "last_good_checkpoint": None}))
+    first = _retrieval(model, str(beir_folder), work, "variant")
+    # trained again (the stage run anew): other weights, whose parts an earlier run's folder must not refuse
+    weights = safetensors.torch.load_file(model / "model.safetensors")
+    weights = {name: tensor * 0.5 if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
+    safetensors.torch.save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    second = _retrieval(model, str(beir_folder), work, "variant")
+    for metrics in (first, second):
+        assert 0 < metrics["ndcg@10"] <= 1 and 0 < metrics["recall@100"] <= 1
