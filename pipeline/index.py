@@ -22,7 +22,7 @@ import math
 import time
 from pathlib import Path
 
-from pipeline import data, lucene
+from pipeline import data, lucene, parts
 from pipeline.errors import PipelineError
 from pipeline.files import ShardWriter, atomic_path, count_newlines, scratch_folder, write_json
 from pipeline.impact_index import write_impact_index
@@ -80,6 +80,8 @@ def index(out: Path, *, vectors: Path | None = None, corpus: str | None = None, 
     """Build the impact index of `vectors`, or else the BM25 index of `corpus` (`data.load_corpus`), at `out`."""
     if (vectors is None) == (corpus is None):
         raise ValueError("index takes either vectors (an impact index) or corpus (a BM25 index)")
+    if vectors is not None and (why := parts.unfinished(vectors)):  # its complete parts alone would pass for the corpus
+        raise parts.PartsError(why)
     started, blank = time.perf_counter(), 0
     with atomic_path(out, directory=True) as staging, scratch_folder(out) as work:
         indexing = time.perf_counter()

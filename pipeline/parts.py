@@ -93,8 +93,8 @@ class PartStore:
         """Start or continue: refuse other settings unless `fresh`, which deletes earlier output.
         (Several shards may open one folder at once; `fresh` is for a single process or rank 0.)"""
         settings_file = self.folder / "settings.json"
-        if fresh and self.folder.exists():
-            shutil.rmtree(self.folder)
+        if fresh:
+            self._remove_own_files()
         if settings_file.is_file():
             earlier = json.loads(settings_file.read_text())
             if earlier != self.settings:
@@ -169,17 +169,42 @@ class PartStore:
                 seen[doc_id] = where
 
     def discard_if_empty(self) -> bool:
-        """After a failure: remove the folder if no part is complete (nothing to resume); say if kept."""
+        """After a failure: if no part is complete (nothing to resume), take back what `open` made, so that a rerun
+        with other settings is not refused: the settings, and the folders where empty (another shard's part being
+        written, or a file that is not ours, stays with its folder). Say if parts are kept."""
         if self.records_dir.is_dir() and any(self.records_dir.iterdir()):
             return True
-        shutil.rmtree(self.folder, ignore_errors=True)
+        (self.folder / "settings.json").unlink(missing_ok=True)
+        for folder in (self.staging, self.records_dir, self.parts_dir, self.folder):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or not there
+                pass
         return False
+
+    def _remove_own_files(self) -> None:
+        """What this store writes, and nothing else of its folder (which may be a user's, holding other files)."""
+        for folder in (self.parts_dir, self.records_dir, self.staging):
+            shutil.rmtree(folder, ignore_errors=True)
+        for name in ("settings.json", "manifest.json"):
+            (self.folder / name).unlink(missing_ok=True)
 
     def finish(self, records: list[dict], summary: dict) -> None:
         """The manifest, written last: the output is complete (a killed run's staging goes)."""
         shutil.rmtree(self.staging, ignore_errors=True)
         manifest = {"settings": self.settings, "parts": records, **summary}
         _write_whole(self.folder / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+
+
+def unfinished(folder: Path) -> str | None:
+    """Why `folder` (a store's folder, or its parts folder) is an output still being written, or None: its
+    settings are there and its manifest, written last, is not."""
+    for store in (folder, folder.parent):
+        if (store / "settings.json").is_file() and not (store / "manifest.json").is_file():
+            parts = len(list((store / "done").glob("part-*.json"))) if (store / "done").is_dir() else 0
+            return (f"{store} is not finished ({parts} parts complete, no manifest.json): run the same command again "
+                    "to finish it")
+    return None
 
 
 class PartWriter:

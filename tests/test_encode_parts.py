@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.index import index
 from pipeline.parts import PartsError, PartStore, Plan
 
 from conftest import DOCS, QUERIES, QRELS, ROOT, write_beir_folder
@@ -124,6 +125,20 @@ def test_changed_settings_are_refused_unless_fresh(model_path, corpus, uninterru
     assert refused.returncode == 2 and "body_precision: (not set) -> 'bf16'" in refused.stderr
     run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh"))
     assert json.loads((out / "settings.json").read_text())["scale"] == 50
+
+
+def test_a_failure_before_any_part_and_fresh_take_away_only_what_encode_wrote(model_path, corpus, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own")
+    failed = subprocess.run(encode_command(model_path, corpus, out, "--scale", "1e12"), cwd=ROOT, capture_output=True, text=True)
+    assert failed.returncode == 2 and "--scale 1e+12" in failed.stderr
+    assert [path.name for path in out.iterdir()] == ["notes.txt"]  # nothing to resume, and nothing of the user's lost
+    run(encode_command(model_path, corpus, out, "--shard", "0/5"))
+    with pytest.raises(PartsError, match=r"mine is not finished \(\d+ parts complete, no manifest.json\)"):
+        index(tmp_path / "index", vectors=out / "docs")  # its complete parts alone are not the corpus
+    run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh"))
+    assert (out / "notes.txt").read_text() == "the user's own" and json.loads((out / "settings.json").read_text())["scale"] == 50
 
 
 def test_verify_finds_missing_changed_and_duplicate_parts(uninterrupted, tmp_path):
