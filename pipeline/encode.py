@@ -6,6 +6,7 @@ Output folder of the documents (resumable parts, `pipeline.parts`):
                           documents each, in corpus order of parts
   settings.json, done/, manifest.json   what the parts come from, each part's record, all of them
   queries.jsonl           the same record per query (its text in "contents"), when encoding a dataset
+                          (encoded again by each such call, the documents being done or not)
   stats.json              corpus (and dataset), counts, truncations, empty vectors, timing (written last)
 Query sets may go to files of their own, e.g. queries/<dataset>.jsonl, with their stats (dataset,
 corpus, counts) in queries/<dataset>.jsonl.json: in the same process as their corpus (the model loaded
@@ -278,7 +279,13 @@ def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset
     })
     if not fresh and store.finished() and (out / "stats.json").is_file():
         log.info("%s: its documents are encoded already (manifest.json, stats.json)", out)
-        return json.loads((out / "stats.json").read_text())
+        stats = json.loads((out / "stats.json").read_text())
+        if query_set is None or ranks.rank != 0:
+            return stats
+        query_set.check()  # its queries are encoded again (seconds): their settings or texts may have changed
+        _encode_query_set(out, stats, query_set, encoder, terms, settings)
+        write_json(out / "stats.json", stats)
+        return stats
     if ranks.rank == 0:
         documents.check()  # a bad line anywhere fails now, not after hours of encoding
         if query_set is not None:
@@ -364,13 +371,18 @@ def _finish(store: PartStore, plan: Plan, corpus: data.Corpus, dataset: data.Dat
         "mean_terms_per_doc": docs.terms / docs.texts if docs.texts else 0.0,
     }
     if dataset is not None:
-        with atomic_path(store.folder / "queries.jsonl") as staging:
-            stats.update(dataset=dataset.name, max_query_length=settings["max_query_length"],
-                         **_encode_queries(dataset, staging, encoder, terms, settings))
+        _encode_query_set(store.folder, stats, dataset, encoder, terms, settings)
     store.finish(records, {"documents": plan.count})
     write_json(store.folder / "stats.json", stats)
     _warn("documents", docs, max_doc_length)
     return stats
+
+
+def _encode_query_set(folder: Path, stats: dict, dataset: data.Dataset, encoder, terms, settings: dict) -> None:
+    """`dataset`'s queries into queries.jsonl beside its corpus's documents, their stats into `stats`."""
+    with atomic_path(folder / "queries.jsonl") as staging:
+        stats.update(dataset=dataset.name, max_query_length=settings["max_query_length"],
+                     **_encode_queries(dataset, staging, encoder, terms, settings))
 
 
 def _warn(what: str, counts: Counts, limit: int) -> None:

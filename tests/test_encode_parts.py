@@ -3,6 +3,7 @@ ranks and scheduler shards give the same parts; changed settings are refused; ve
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.encode import encode
 from pipeline.index import index
 from pipeline.parts import PartsError, PartStore, Plan
 
@@ -139,6 +141,19 @@ def test_a_failure_before_any_part_and_fresh_take_away_only_what_encode_wrote(mo
         index(tmp_path / "index", vectors=out / "docs")  # its complete parts alone are not the corpus
     run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh"))
     assert (out / "notes.txt").read_text() == "the user's own" and json.loads((out / "settings.json").read_text())["scale"] == 50
+
+
+def test_a_dataset_over_encoded_documents_gets_its_queries_encoded_again(model_path, corpus, uninterrupted, tmp_path):
+    out = tmp_path / "encoded"
+    shutil.copytree(uninterrupted, out)
+    (out / "queries.jsonl").unlink()  # as after `encode --corpus`: documents alone
+    stats = encode(model_path, out, dataset=str(corpus), max_query_length=4, part_size=PART_SIZE, batch_size=4)
+    assert part_bytes(out) == part_bytes(uninterrupted)  # the documents are not encoded again
+    assert stats["max_query_length"] == 4 and stats["queries"]["truncated"] > 0
+    assert json.loads((out / "stats.json").read_text()) == stats
+    cut, full = ({query["id"]: query["vector"] for query in map(json.loads, (folder / "queries.jsonl").read_text().splitlines())}
+                 for folder in (out, uninterrupted))
+    assert cut.keys() == full.keys() == QUERIES.keys() and cut != full
 
 
 def test_verify_finds_missing_changed_and_duplicate_parts(uninterrupted, tmp_path):
