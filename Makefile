@@ -24,8 +24,9 @@ export PYTHONUNBUFFERED := 1
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 DEFAULT_MODEL := models/splade-tiny
-# Outputs are named after the model: models/NAME -> NAME, ORG/NAME (a hub id) -> ORG--NAME.
-tag = $(subst /,--,$(patsubst models/%,%,$(patsubst %/,%,$(1))))
+# Outputs are named after the model: models/NAME -> NAME, ORG/NAME (a hub id) -> ORG--NAME, /PATH -> PATH with
+# "--" for "/" (no leading "--", which a command line would take for an option).
+tag = $(subst /,--,$(patsubst models/%,%,$(patsubst ./%,%,$(patsubst /%,%,$(patsubst %/,%,$(1))))))
 TAG := $(call tag,$(MODEL))
 # A local model's files are inputs Make tracks; a hub id is not.
 # The default model and the one `make train` writes (OUT) are built when missing.

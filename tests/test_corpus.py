@@ -55,6 +55,16 @@ def test_make_encodes_and_indexes_a_corpus_once(datasets, corpus, tmp_path):
     assert all(f"--index indexes/{corpus}/bm25 " in line for line in bm25)
 
 
+@pytest.mark.parametrize("model, tag", [("models/splade-tiny", "splade-tiny"), ("./models/splade-tiny/", "splade-tiny"),
+                                        (str(ROOT / "models" / "splade-tiny"), str(ROOT / "models" / "splade-tiny")[1:].replace("/", "--")),
+                                        ("naver/splade-v3", "naver--splade-v3")])
+def test_outputs_are_named_after_the_model_and_no_argument_reads_as_an_option(model, tag, tmp_path):
+    commands = make_commands(tmp_path, "beir-eval", f"MODEL={model}")
+    (evaluation,) = [line.split() for line in commands if " -m pipeline eval " in line]
+    runs = [evaluation[at + 1] for at, word in enumerate(evaluation) if word == "--run"]
+    assert runs == [f"{tag}=runs/scifact/{tag}.trec", "bm25=runs/scifact/bm25.trec"]
+
+
 @pytest.mark.parametrize("goal", ["train", "ablation", "k-sweep"])
 def test_training_targets_take_negatives_from_the_corpus_bm25_index(goal, tmp_path):
     """Hard negatives come from the BM25 index of NEGATIVES' corpus, where beir-eval builds it."""
