@@ -76,6 +76,7 @@ recorded as another dataset's, are refused.
     if not any(index.glob("segments_*")):
         raise data.DataError(f"{index}: not a Lucene index (run the index stage first)")
     query_set.check_source(index, "an index", known_from=queries)
+    check_index_kind(index, impact=queries is not None)
     if queries is not None:
         query_set.check_source(queries, "encoded queries")
         check_same_model(index, queries)
@@ -109,6 +110,17 @@ recorded as another dataset's, are refused.
              result["queries"], seconds, result["queries_per_second"], threads, result["latency_p50_ms"],
              result["latency_p99_ms"])
     return result
+
+
+def check_index_kind(index: Path, *, impact: bool) -> None:
+    """Refuse BM25 on an impact index, and encoded queries on a BM25 index: either run would score, and mean nothing.
+    An index whose kind is not recorded (made by hand, or by Pyserini) is not checked."""
+    kind = data.recorded(index, "kind")
+    if kind == "impact" and not impact:
+        raise data.DataError(f"{index} is an impact index of encoded documents: search it with encoded queries (--queries)")
+    if kind == "bm25" and impact:
+        raise data.DataError(f"{index} is a BM25 index of the documents' text: encoded queries (--queries) search the "
+                             "impact index of the encoded documents")
 
 
 def check_same_model(index: Path, queries: Path) -> None:

@@ -279,3 +279,13 @@ def test_bm25_index_is_the_same_whatever_the_threads(beir_folder, tmp_path):
         assert stats["parts"] == threads and stats["documents"] == len(DOCS) - 1
         search(tmp_path / f"bm25-{threads}", tmp_path / f"{threads}.trec", str(beir_folder), k=len(DOCS), tag="bm25")
     assert (tmp_path / "1.trec").read_text() == (tmp_path / "3.trec").read_text()
+
+
+def test_an_index_is_searched_as_its_kind(impact_index, vectors, beir_folder, tmp_path):
+    """BM25 on an impact index, or encoded queries on a BM25 index, would score and mean nothing."""
+    with pytest.raises(data.DataError, match=r"is an impact index of encoded documents: search it with encoded queries"):
+        search(impact_index[0], tmp_path / "bm25.trec", str(beir_folder))
+    index(tmp_path / "bm25", corpus=str(beir_folder), threads=1)
+    with pytest.raises(data.DataError, match=r"is a BM25 index of the documents' text"):
+        search(tmp_path / "bm25", tmp_path / "impact.trec", str(beir_folder), queries=vectors / "queries.jsonl")
+    assert not (tmp_path / "bm25.trec").exists() and not (tmp_path / "impact.trec").exists()
