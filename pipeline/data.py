@@ -55,8 +55,10 @@ MSMARCO = {
     "dl20": "msmarco-passage/trec-dl-2020/judged",
 }
 SHORT_NAMES = {**BEIR, **MSMARCO}
-# TREC DL judges on a 0-3 scale where 1 means "related": recall and MAP count grade >= 2, as `trec_eval -l 2`.
-GRADED = {MSMARCO["dl19"], MSMARCO["dl20"]}
+# TREC DL's passage tracks judge on a 0-3 scale where 1 means "related": recall and MAP count grade >= 2, as
+# `trec_eval -l 2` (every ir_datasets id of them: msmarco-passage/trec-dl-2019, .../judged, trec-dl-hard...).
+GRADED_COLLECTIONS = {"msmarco-passage", "msmarco-passage-v2"}
+GRADED_TRACK = "trec-dl-"
 # The BEIR corpora (in ir_datasets) whose published Pyserini runs (pyserini/2cr/beir.yaml, every
 # condition) drop a query's own id from its ranking (`--remove-query`). BEIR's msmarco is not among them.
 REMOVE_QUERY = {"arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fever", "fiqa", "hotpotqa", "nfcorpus",
@@ -249,7 +251,8 @@ class Dataset:
 
     @property
     def relevance_level(self) -> int:
-        return 2 if self.name in GRADED else 1
+        collection, _, track = self.name.partition("/")
+        return 2 if collection in GRADED_COLLECTIONS and track.startswith(GRADED_TRACK) else 1
 
     @property
     def queries_are_documents(self) -> bool:

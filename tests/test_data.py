@@ -22,7 +22,11 @@ def test_scifact_from_the_seeded_cache():
 
 def test_short_names_and_ids_resolve():
     assert data.load("beir/scifact/train").name == "beir/scifact/train"
-    assert data.load("dl19").relevance_level == 2
+    # TREC DL passages are judged 0-3 (1 "related"): grade 2 counts, by whichever id they are named
+    for name in ("dl19", "dl20", "msmarco-passage/trec-dl-2019", "msmarco-passage/trec-dl-2020/judged",
+                 "msmarco-passage/trec-dl-hard"):
+        assert data.load(name).relevance_level == 2, name
+    assert data.load("msmarco-dev").relevance_level == data.load("scifact").relevance_level == 1
     assert data.load("msmarco-dev").name == "msmarco-passage/dev/small"
     assert not data.load("msmarco-dev").queries_are_documents
     assert data.load("scifact").queries_are_documents and data.load("beir/cqadupstack/android").queries_are_documents
