@@ -154,8 +154,9 @@ def text_lines(path: Path) -> Iterator[tuple[str, str]]:
         where = f"{path}:{number}"
         try:
             line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+        except UnicodeDecodeError as err:  # err.start counts from after a BOM, which err.object lacks
+            column = len(raw) - len(err.object) + err.start + 1
+            raise DataError(f"{where}: not UTF-8 (byte 0x{err.object[err.start]:02x} at column {column})") from None
         yield where, line.rstrip("\r\n")
 
 

@@ -6,7 +6,10 @@ import socket
 import subprocess
 import sys
 
-from pipeline.files import atomic_path, scratch_folder
+import pytest
+
+from pipeline.errors import DataError
+from pipeline.files import atomic_path, scratch_folder, text_lines
 
 
 def gone_pid() -> int:
@@ -42,3 +45,15 @@ def test_a_scratch_folder_is_removed_on_leaving_and_clears_what_a_gone_process_l
         (work / "part").write_text("text")
         assert not abandoned.exists()
     assert not work.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"\xef\xbb\xbfq\t\xffp\n", "lines:1: not UTF-8 (byte 0xff at column 6)"),  # counted in the file's bytes, BOM included
+    (b"q\tp\n\xef\xbb\xbfq\t\xff\n", "lines:2: not UTF-8 (byte 0xff at column 6)"),  # as on a line that is not the first
+    (b"q\t\xc3(\n", "lines:1: not UTF-8 (byte 0xc3 at column 3)"),
+])
+def test_invalid_utf8_is_named_by_line_column_and_byte(content, said, tmp_path):
+    (tmp_path / "lines").write_bytes(content)
+    with pytest.raises(DataError) as raised:
+        list(text_lines(tmp_path / "lines"))
+    assert str(raised.value) == f"{tmp_path}/{said}"
