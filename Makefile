@@ -101,10 +101,12 @@ query_file = indexes/$(2)/$(3)/queries/$(call slug,$(1)).jsonl
 
 # $(1) corpus, $(2) its folder, $(3) model, $(4) the model's tag: the documents encoded and indexed once,
 # and the queries of each dataset over them encoded in the same process (the model loaded once; a
-# query set added later encodes its queries alone, the documents being done).
+# query set added later encodes its queries alone, the documents being done). A changed local corpus or
+# model makes encode run again: its folder then holds parts of the old ones, which --fresh-if-changed replaces
+# (an interrupted run of the same inputs continues).
 define CORPUS_MODEL_RULES
 indexes/$(2)/$(4)/encoded/stats.json $(foreach dataset,$(call datasets_of,$(1)),$(call query_file,$(dataset),$(2),$(4))) &: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded $(foreach dataset,$(call datasets_of,$(1)),--queries $(dataset)=$(call query_file,$(dataset),$(2),$(4))) --batch-size $(BATCH_SIZE) --body-precision $(BODY_PRECISION) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded $(foreach dataset,$(call datasets_of,$(1)),--queries $(dataset)=$(call query_file,$(dataset),$(2),$(4))) --batch-size $(BATCH_SIZE) --body-precision $(BODY_PRECISION) --fresh-if-changed $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
 
 indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
 	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)

@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--part-size", type=_positive_int, default=10_000, help="documents per part (the unit of resuming)")
     p.add_argument("--shard", help="i/N: encode only the parts of shard i of N (then run without it to finish)")
     p.add_argument("--fresh", action="store_true", help="delete earlier parts in --out and start again")
+    p.add_argument("--fresh-if-changed", action="store_true",
+                   help="start again only where --out holds parts of another corpus, model or settings (what Make runs)")
     p.add_argument("--device", default=None)
     p.add_argument("--body-precision", choices=("fp32", "bf16"), default="fp32",
                    help="the transformer layers' precision; bf16 is faster on a GPU, and its weights differ from fp32's")
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             encode(args.model, args.out, corpus=args.corpus, dataset=args.dataset, queries=dict(args.queries or ()),
                    scale=args.scale, max_doc_length=args.max_doc_length,
                    max_query_length=args.max_query_length, batch_size=args.batch_size, part_size=args.part_size,
-                   shard=args.shard, fresh=args.fresh, device=args.device, body_precision=args.body_precision,
+                   shard=args.shard, fresh=args.fresh, fresh_if_changed=args.fresh_if_changed, device=args.device, body_precision=args.body_precision,
                    accept_collapsed=args.accept_collapsed)
         elif args.stage == "index":
             from pipeline.index import index

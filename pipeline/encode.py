@@ -211,6 +211,7 @@ def encode(
     part_size: int = 10_000,
     shard: str | None = None,
     fresh: bool = False,
+    fresh_if_changed: bool = False,
     device: str | None = None,
     body_precision: str = "fp32",
     accept_collapsed: bool = False,
@@ -220,7 +221,8 @@ def encode(
     dataset of `queries` ({dataset: file}) into its file. `queries` alone encodes no documents.
 
     Documents go in parts of `part_size` (`pipeline.parts`): a killed run continues from its last
-    complete part, and a finished `out` (made with the same settings) is not encoded again. Under
+    complete part, and a finished `out` (made with the same settings) is not encoded again; one made with other
+    settings is refused, unless `fresh` (start again) or `fresh_if_changed` (start again where they differ). Under
     torchrun each rank encodes the parts i with i % world == rank and rank 0 finishes; with `shard`
     ("i/N") this process encodes its parts and stops, and a run without `shard` then verifies the parts
     and finishes. Finishing verifies every part, encodes the dataset's queries (if any) and writes
@@ -252,7 +254,7 @@ def encode(
         stats = {}
         if documents is not None:
             stats = _encode_documents(out, documents, query_set, ranks, encoder, terms, settings, shard=shard,
-                                      fresh=fresh, device=resolved.type, max_doc_length=max_doc_length,
+                                      fresh=fresh, fresh_if_changed=fresh_if_changed, device=resolved.type, max_doc_length=max_doc_length,
                                       part_size=part_size)
         if stats is None or ranks.rank != 0:
             return None
@@ -265,7 +267,7 @@ def encode(
 
 
 def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset | None, ranks, encoder, terms,
-                      settings: dict, *, shard, fresh, device, max_doc_length, part_size) -> dict | None:
+                      settings: dict, *, shard, fresh, fresh_if_changed, device, max_doc_length, part_size) -> dict | None:
     """The documents' parts (and `query_set`'s queries.jsonl beside them); their stats on the rank that
     finishes, else None."""
     scale, batch_size = settings["scale"], settings["batch_size"]
@@ -290,7 +292,7 @@ def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset
         documents.check()  # a bad line anywhere fails now, not after hours of encoding
         if query_set is not None:
             query_set.check()
-        store.open(fresh=fresh)
+        store.open(fresh=fresh, fresh_if_changed=fresh_if_changed)
     ranks.barrier()
     if ranks.rank != 0:
         store.open()

@@ -89,15 +89,18 @@ class PartStore:
         self.folder, self.settings = folder, settings
         self.parts_dir, self.records_dir, self.staging = folder / parts_name, folder / "done", folder / "staging"
 
-    def open(self, *, fresh: bool = False) -> None:
-        """Start or continue: refuse other settings unless `fresh`, which deletes earlier output.
+    def open(self, *, fresh: bool = False, fresh_if_changed: bool = False) -> None:
+        """Start or continue: refuse other settings unless `fresh`, which deletes earlier output, or
+        `fresh_if_changed`, which deletes it where its settings differ (and continues it where not).
         (Several shards may open one folder at once; `fresh` is for a single process or rank 0.)"""
         settings_file = self.folder / "settings.json"
         if fresh:
             self._remove_own_files()
         if settings_file.is_file():
             earlier = json.loads(settings_file.read_text())
-            if earlier != self.settings:
+            if earlier != self.settings and fresh_if_changed:
+                self._remove_own_files()
+            elif earlier != self.settings:
                 raise PartsError(
                     f"{self.folder} holds parts made with other settings ({'; '.join(_differences(earlier, self.settings))}). "
                     "Use another output folder, or --fresh to delete them and start again.")

@@ -125,8 +125,15 @@ def test_changed_settings_are_refused_unless_fresh(model_path, corpus, uninterru
     refused = subprocess.run(encode_command(model_path, corpus, out, "--body-precision", "bf16"), cwd=ROOT,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "body_precision: (not set) -> 'bf16'" in refused.stderr
-    run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh"))
-    assert json.loads((out / "settings.json").read_text())["scale"] == 50
+    done = lambda: sorted(path.name for path in (out / "done").iterdir())
+    # What Make runs: the same settings continue, other ones start again
+    shard_0 = {name: (out / "done" / name).stat().st_mtime_ns for name in done()}
+    run(encode_command(model_path, corpus, out, "--fresh-if-changed"))
+    assert len(done()) == PARTS and all((out / "done" / name).stat().st_mtime_ns == at for name, at in shard_0.items())
+    run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh-if-changed", "--shard", "0/5"))
+    assert done() == list(shard_0) and json.loads((out / "settings.json").read_text())["scale"] == 50
+    run(encode_command(model_path, corpus, out, "--scale", "40", "--fresh"))
+    assert json.loads((out / "settings.json").read_text())["scale"] == 40 and len(done()) == PARTS
 
 
 def test_a_failure_before_any_part_and_fresh_take_away_only_what_encode_wrote(model_path, corpus, tmp_path):
