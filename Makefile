@@ -94,19 +94,16 @@ corpus_dir = $(call slug,$(corpus.$(1)))
 CORPUS ?=
 CORPORA = $(sort $(foreach dataset,$(DATASETS),$(corpus.$(dataset))) $(CORPUS))
 corpus_input = $(wildcard $(1) $(1)/*)
+# A BEIR folder's queries and judgments, which Make tracks too (an ir_datasets id has none here).
+queries_input = $(wildcard $(1)/queries.jsonl)
+qrels_input = $(wildcard $(1)/qrels/*.tsv)
 
-# The datasets of DATASETS over corpus $(1), and where their encoded queries go ($(2) its folder, $(3) the model's tag).
-datasets_of = $(foreach dataset,$(DATASETS),$(if $(filter $(1),$(corpus.$(dataset))),$(dataset)))
-query_file = indexes/$(2)/$(3)/queries/$(call slug,$(1)).jsonl
-
-# $(1) corpus, $(2) its folder, $(3) model, $(4) the model's tag: the documents encoded and indexed once,
-# and the queries of each dataset over them encoded in the same process (the model loaded once; a
-# query set added later encodes its queries alone, the documents being done). A changed local corpus or
-# model makes encode run again: its folder then holds parts of the old ones, which --fresh-if-changed replaces
-# (an interrupted run of the same inputs continues).
+# $(1) corpus, $(2) its folder, $(3) model, $(4) the model's tag: the documents encoded and indexed once, for
+# every dataset over them. A changed local corpus or model makes encode run again: its folder then holds the
+# parts of the old ones, which --fresh-if-changed replaces (an interrupted run of the same inputs continues).
 define CORPUS_MODEL_RULES
-indexes/$(2)/$(4)/encoded/stats.json $(foreach dataset,$(call datasets_of,$(1)),$(call query_file,$(dataset),$(2),$(4))) &: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
-	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded $(foreach dataset,$(call datasets_of,$(1)),--queries $(dataset)=$(call query_file,$(dataset),$(2),$(4))) --batch-size $(BATCH_SIZE) --body-precision $(BODY_PRECISION) --fresh-if-changed $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+indexes/$(2)/$(4)/encoded/stats.json: $(call model_input,$(3)) $(call corpus_input,$(1)) | $(SETUP)
+	$(PY) -m pipeline encode --model $(3) --corpus $(1) --out indexes/$(2)/$(4)/encoded --batch-size $(BATCH_SIZE) --body-precision $(BODY_PRECISION) --fresh-if-changed $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
 
 indexes/$(2)/$(4)/lucene.json: indexes/$(2)/$(4)/encoded/stats.json
 	$(PY) -m pipeline index --vectors indexes/$(2)/$(4)/encoded/docs --out indexes/$(2)/$(4)/lucene --threads $(THREADS)
@@ -118,18 +115,22 @@ indexes/$(2)/bm25.json: $(call corpus_input,$(1)) | $(SETUP)
 	$(PY) -m pipeline index --corpus $(1) --out indexes/$(2)/bm25 --threads $(THREADS)
 endef
 
-# $(1) dataset, $(2) its folder, $(3) its corpus's folder, $(4) model, $(5) the model's tag: its impact run.
+# $(1) dataset, $(2) its folder, $(3) its corpus's folder, $(4) model, $(5) the model's tag: its queries encoded
+# (in a process of their own: a few seconds, and they follow their own inputs), and its impact run.
 define MODEL_RULES
+indexes/$(3)/$(5)/queries/$(2).jsonl: $(call model_input,$(4)) $(call queries_input,$(1)) | $(SETUP)
+	$(PY) -m pipeline encode --model $(4) --queries $(1)=$$@ --batch-size $(BATCH_SIZE) --body-precision $(BODY_PRECISION) $(if $(ACCEPT_COLLAPSED),--accept-collapsed)
+
 runs/$(2)/$(5).trec: indexes/$(3)/$(5)/lucene.json indexes/$(3)/$(5)/queries/$(2).jsonl
 	$(PY) -m pipeline search --index indexes/$(3)/$(5)/lucene --dataset $(1) --queries indexes/$(3)/$(5)/queries/$(2).jsonl --run $$@ --threads $(THREADS)
 endef
 
 # $(1) dataset, $(2) its folder, $(3) its corpus's folder
 define DATASET_RULES
-runs/$(2)/bm25.trec: indexes/$(3)/bm25.json
+runs/$(2)/bm25.trec: indexes/$(3)/bm25.json $(call queries_input,$(1))
 	$(PY) -m pipeline search --index indexes/$(3)/bm25 --dataset $(1) --run $$@ --threads $(THREADS)
 
-runs/$(2)/$(EVAL_NAME).eval.json: $(foreach model,$(MODEL) $(COMPARE),runs/$(2)/$(call tag,$(model)).trec) runs/$(2)/bm25.trec
+runs/$(2)/$(EVAL_NAME).eval.json: $(foreach model,$(MODEL) $(COMPARE),runs/$(2)/$(call tag,$(model)).trec) runs/$(2)/bm25.trec $(call qrels_input,$(1))
 	$(PY) -m pipeline eval --dataset $(1) $(foreach model,$(MODEL) $(COMPARE),--run $(call tag,$(model))=runs/$(2)/$(call tag,$(model)).trec) --run bm25=runs/$(2)/bm25.trec --out $$@
 endef
 $(foreach corpus,$(sort $(CORPORA) $(corpus.$(NEGATIVES))),$(eval $(call CORPUS_RULES,$(corpus),$(call slug,$(corpus)))))

@@ -42,17 +42,46 @@ def test_make_encodes_and_indexes_a_corpus_once(datasets, corpus, tmp_path):
     commands = make_commands(tmp_path, "beir-eval", f"DATASETS={datasets}")
     stage = lambda *words: [line for line in commands if all(word in line.split() for word in words)]
     names = datasets.split()
-    assert len(stage("encode")) == len(stage("encode", "--corpus")) == 1  # documents and queries: one process
-    words = stage("encode")[0].split()
-    assert words[words.index("--out") + 1] == f"indexes/{corpus}/splade-tiny/encoded"
+    (documents,) = [line.split() for line in stage("encode", "--corpus")]
+    assert documents[documents.index("--out") + 1] == f"indexes/{corpus}/splade-tiny/encoded"
     assert len(stage("index", "--vectors")) == len(stage("index", "--corpus")) == 1
-    query_files = [words[i + 1].split("=") for i, word in enumerate(words) if word == "--queries"]
-    assert [name for name, _ in query_files] == names
+    query_files = [words[words.index("--queries") + 1].split("=") for words in map(str.split, stage("encode", "--queries"))]
+    assert len(stage("encode")) == 1 + len(query_files)  # the documents once, each query set on its own
+    assert sorted(name for name, _ in query_files) == sorted(names)
     assert all(path.startswith(f"indexes/{corpus}/splade-tiny/queries/") for _, path in query_files)
     impact, bm25 = stage("search", "--queries"), [line for line in stage("search") if "--queries" not in line]
     assert len(impact) == len(bm25) == len(names)
     assert all(f"--index indexes/{corpus}/splade-tiny/lucene " in line for line in impact)
     assert all(f"--index indexes/{corpus}/bm25 " in line for line in bm25)
+
+
+def test_make_follows_a_beir_folders_corpus_queries_and_qrels(tmp_path):
+    """What a rerun of `make beir-eval` runs after each of a BEIR folder's files changes, and after none."""
+    for name in ("Makefile", "pyproject.toml", ".venv", "models"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    folder = write_beir_folder(tmp_path / "beir")
+
+    def stages_run() -> list[str]:
+        result = subprocess.run(["make", "-C", str(tmp_path), "beir-eval", "DATASETS=beir"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        stages = [line.split(" -m pipeline ")[1].split()[0] for line in result.stdout.splitlines() if " -m pipeline " in line]
+        return [stage for stage in stages if stage != "corpus"]  # Make's lookup of each dataset's corpus, once
+
+    def changed(path: Path, line: str) -> None:
+        with open(path, "a") as out:  # now: newer than every output
+            out.write(line)
+
+    assert sorted(stages_run()) == ["beir-eval", "encode", "encode", "eval", "index", "index", "search", "search"]
+    assert stages_run() == ["beir-eval"]
+    changed(folder / "queries.jsonl", json.dumps({"_id": "q9", "text": "a new question"}) + "\n")
+    assert sorted(stages_run()) == ["beir-eval", "encode", "eval", "search", "search"]  # its queries, not the corpus
+    changed(folder / "qrels" / "test.tsv", "q9\td1\t1\n")
+    assert stages_run() == ["eval", "beir-eval"]
+    changed(folder / "corpus.jsonl", json.dumps({"_id": "d99", "title": "", "text": "one more document"}) + "\n")
+    # the documents again (the folder of the old corpus's parts replaced), both indexes, the runs
+    assert sorted(stages_run()) == ["beir-eval", "encode", "eval", "index", "index", "search", "search"]
+    assert json.loads((tmp_path / "indexes" / "beir-corpus.jsonl" / "splade-tiny" / "lucene.json").read_text())["documents"] == len(DOCS) + 1
+    assert stages_run() == ["beir-eval"]
 
 
 @pytest.mark.parametrize("model, tag", [("models/splade-tiny", "splade-tiny"), ("./models/splade-tiny/", "splade-tiny"),
