@@ -270,9 +270,7 @@ def train(config: TrainConfig, *, resume: bool = False, examples: list | None = 
         degenerate = record["active_d"] < config.collapse_min_terms or record["active_d"] > config.collapse_max_fraction * vocab
         strikes = strikes + 1 if degenerate and step + 1 > collapse_grace else 0
         if strikes >= config.collapse_patience:
-            _stop(out, rank, last_good, f"active terms per document at {record['active_d']:.1f} of {vocab} for "
-                  f"{strikes} steps (step {step + 1}); allowed {config.collapse_min_terms} to "
-                  f"{config.collapse_max_fraction:.0%} of the vocabulary")
+            _stop(out, rank, last_good, _degenerate(record, vocab, strikes, config))
         if ((step + 1) % config.save_every == 0 or step + 1 == config.steps) and strikes == 0:
             rng = _rng_states(world)
             if rank == 0:
@@ -280,6 +278,8 @@ def train(config: TrainConfig, *, resume: bool = False, examples: list | None = 
             if world > 1:
                 dist.barrier()
     progress.close()
+    if strikes:  # it ended degenerate, too few steps to stop it early: the final model would be an older checkpoint
+        _stop(out, rank, last_good, _degenerate(record, vocab, strikes, config) + ", when the run ended")
     if rank == 0:
         _publish(out, last_good)
     ranks.close()
@@ -287,6 +287,11 @@ def train(config: TrainConfig, *, resume: bool = False, examples: list | None = 
     seconds = time.perf_counter() - started
     return {"steps": steps_done, "seconds": seconds, "steps_per_second": steps_done / seconds if seconds else None,
             "rescale": rescale_record, "history": history, "model": str(out)}
+
+
+def _degenerate(record: dict, vocab: int, strikes: int, config: TrainConfig) -> str:
+    return (f"active terms per document at {record['active_d']:.1f} of {vocab} for {strikes} steps (step "
+            f"{record['step']}); allowed {config.collapse_min_terms} to {config.collapse_max_fraction:.0%} of the vocabulary")
 
 
 def _publish(out: Path, checkpoint: Path | None) -> None:

@@ -171,6 +171,18 @@ def test_collapse_stops_and_keeps_the_last_good_checkpoint(model_path, triples, 
         train(settings, resume=True)
 
 
+def test_a_run_that_ends_degenerate_is_a_collapse_not_an_older_checkpoint_published_as_final(model_path, triples, tmp_path):
+    out = tmp_path / "run"
+    # steps 1-5 are the grace period; at step 6 any active term is "most of the vocabulary": one strike of the 5
+    # that stop a run early, and not saved. The final model would silently be step 3's.
+    settings = config(model_path, triples, out, steps=6, collapse_max_fraction=1e-6)
+    with pytest.raises(CollapseError, match=r"for 1 steps \(step 6\).*, when the run ended; kept .*step-0000003"):
+        train(settings)
+    report = json.loads((out / "collapse.json").read_text())
+    assert report["last_good_checkpoint"].endswith("step-0000003") and (out / "model.safetensors").is_file()
+    assert len(log_rows(out)) == 6
+
+
 def test_make_train_fails_on_a_collapsed_run_every_time(triples, tmp_path):
     out = tmp_path / "run"
     args = [*TRAIN_ARGS, "--collapse-max-fraction", "1e-6", "--collapse-patience", "2"]
