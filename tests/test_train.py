@@ -21,7 +21,7 @@ from pipeline.splade.model import SpladeEncoder
 from pipeline.train import CollapseError, ResumeError, train
 from pipeline.training.config import TrainConfig
 from pipeline.training import losses
-from pipeline.training.examples import draw_batch, from_qrels, from_tsv, read_teacher
+from pipeline.training.examples import draw_batch, from_qrels, from_tsv, load_examples, read_teacher
 
 from conftest import QRELS, QUERIES, ROOT, write_beir_folder
 
@@ -232,6 +232,11 @@ def test_distillation_losses_on_known_values():
     torch.testing.assert_close(losses.margin_mse(queries, docs, teacher, 2), torch.tensor((1.0 - 4.0) ** 2))
     student, target = torch.log_softmax(torch.tensor([2.0, 1.0]), 0), torch.log_softmax(torch.tensor([5.0, 1.0]), 0)
     torch.testing.assert_close(losses.kl_distillation(queries, docs, teacher, 2), (target.exp() * (target - student)).sum())
+
+
+def test_limit_takes_the_first_examples_of_a_triples_file(triples):
+    assert len(load_examples(str(triples))) > 2
+    assert load_examples(str(triples), limit=2) == load_examples(str(triples))[:2]
 
 
 def test_malformed_triples_name_file_and_line(tmp_path):

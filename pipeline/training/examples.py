@@ -100,7 +100,7 @@ def from_tsv(path: Path) -> list[Example]:
 
 def load_examples(source: str, *, negatives_index: Path | None = None, limit: int | None = None) -> list[Example]:
     if Path(source).is_file():
-        return from_tsv(Path(source))
+        return from_tsv(Path(source))[:limit]
     import ir_datasets
 
     data.seed_ir_datasets_cache()
