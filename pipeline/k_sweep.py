@@ -141,7 +141,7 @@ def prepared_head(model: str, cell: Cell, sample: list[str]) -> tuple[str, dict]
     head = encoder.model.head
     digest = hashlib.sha256(b"tied" if head.tied else b"untied")  # a tied decoder trains the embeddings too
     for tensor in (head.decoder.weight, head.decoder.bias):
-        digest.update(tensor.detach().numpy().tobytes())
+        digest.update(b"no bias" if tensor is None else tensor.detach().numpy().tobytes())
     return digest.hexdigest(), record
 
 

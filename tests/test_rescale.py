@@ -126,6 +126,18 @@ def test_auto_target_comes_from_theory_and_is_measured_on_held_apart_texts(encod
     assert auto_factor(model, encoder.tokenizer, texts)["k"] == pytest.approx(16 * record["ratio"], rel=1e-6)
 
 
+def test_a_head_without_decoder_bias_rescales_and_refuses_a_bias_shift():
+    config = copy.deepcopy(TINY["modernbert"])
+    config.decoder_bias = False
+    model = Splade(AutoModelForMaskedLM.from_config(config))
+    assert mlm_head(model.mlm).decoder.bias is None
+    weight = mlm_head(model.mlm).decoder.weight.detach().clone()
+    assert prepare_head(model, None, rescale="4", scale_bias=True)["k"] == 4
+    assert torch.equal(mlm_head(model.mlm).decoder.weight, weight / 4)
+    with pytest.raises(RescaleError, match="ModernBertForMaskedLM head has no decoder bias .*no bias to shift"):
+        prepare_head(Splade(AutoModelForMaskedLM.from_config(config)), None, bias_shift=6.0)
+
+
 def test_dense_surrogate_is_dense_at_init_and_rescaling_does_not_undo_it(model_path):
     """The bias shift makes more than a third of the vocabulary active on held-apart texts. Dividing W by
     16 leaves the shifted bias and makes the vectors denser still; dividing the bias too only scales

@@ -144,6 +144,9 @@ def inflate_head(model, factor: float) -> None:
 def shift_bias(model, shift: float) -> None:
     """b <- b + shift: shifts every logit up, so that most terms are active (the dense surrogate)."""
     head = mlm_head(model.mlm)
+    if head.decoder.bias is None:
+        raise RescaleError(f"this {type(model.mlm).__name__} head has no decoder bias (its config's decoder_bias is "
+                           "off): there is no bias to shift")
     head.decoder.bias.add_(shift)
     head.sync_bias_alias()  # BERT's second name for the bias, if the two are separate tensors
     model.mlm.config.splade_bias_shift = float(shift)
