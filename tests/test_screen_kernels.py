@@ -202,9 +202,9 @@ def test_the_screens_inputs_are_torchs_rounding_and_norms(hidden):
 
 @needs_kernel
 @pytest.mark.parametrize("vocab", [30522, 16, 7])
-def test_positive_pairs_are_torchs_nonzero(vocab):
-    """Row-major pairs of the entries above zero, in a view with padded rows (as the kernel's output is read);
-    NaN is not above zero, +inf is; a ragged last group of 16 terms."""
+def test_candidate_pairs_are_torchs_nonzero_of_the_entries_not_at_most_zero(vocab):
+    """Row-major pairs of the entries above zero or NaN (a bound that proves nothing), in a view with padded rows (as
+    the kernel's output is read); +inf is a candidate, 0 and -0 are not; a ragged last group of 16 terms."""
     generator = torch.Generator().manual_seed(vocab)
     padded = torch.randn(5, vocab + 9, generator=generator) - 2
     padded[:, vocab:] = 1.0  # beyond the view: never read
@@ -214,10 +214,10 @@ def test_positive_pairs_are_torchs_nonzero(vocab):
     upper[2] = torch.inf
     upper[3, vocab - 1] = 1.0
     upper[4] = -1.0
-    documents, terms = screen_kernels.positive_pairs(screen_kernels.load(), upper)
-    expected = (upper > 0).nonzero(as_tuple=True)
+    documents, terms = screen_kernels.candidate_pairs(screen_kernels.load(), upper)
+    expected = (~(upper <= 0)).nonzero(as_tuple=True)
     assert torch.equal(documents, expected[0]) and torch.equal(terms, expected[1])
-    assert (documents == 2).sum() == vocab and not (documents == 4).any()
+    assert (documents == 1).sum() == (documents == 2).sum() == vocab and not (documents == 4).any()
 
 
 @needs_kernel

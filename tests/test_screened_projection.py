@@ -163,3 +163,35 @@ def test_the_output_stays_exact_under_reduced_fp32_matmul_precision(dtype):
     finally:
         torch.set_float32_matmul_precision("highest")
     torch.testing.assert_close(ours.double(), exact_weights(states, mask, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def _one_pair(states: list[float], weight: list[float], logit_above_zero: float | None = None, bias: float = 0.0):
+    """One document of one token and one term; the bias sets the exact logit to `logit_above_zero` where given."""
+    states, weight = torch.tensor([[states]]), torch.tensor([weight])
+    if logit_above_zero is not None:
+        bias = logit_above_zero - (states.double() @ weight.double().T).item()
+    return states, torch.ones(1, 1, dtype=torch.long), weight, torch.tensor([bias])
+
+
+# Magnitudes at fp32's ends, where the bound's own fp32 arithmetic underflows or overflows.
+EXTREMES = {
+    # cancelling terms under tiny states: their fp32 norm (sqrt of squares ~1e-48) underflowed to 0, and the bound with it
+    "tiny-states": _one_pair([1e-24, 1e-24], [1.0, -1.0 + 2**-12], logit_above_zero=1.2e-28),
+    "tiny-weights": _one_pair([1.0, 1.0], [1e-24, -1e-24 * (1 - 2**-12)], logit_above_zero=1.2e-28),
+    # subnormal weights under huge states: their slack, cast to fp32 to nearest, lost 30 % (rounded up since)
+    "subnormal-weights": _one_pair([-1e17, -1e17], [-4.6382979169151445e-43, -3.3350903450930646e-43], logit_above_zero=2e-29),
+    # a document of zeros under rows whose norm overflows fp32: 0 x inf made the bound NaN, which passed for <= 0
+    "zeros-under-a-huge-row": _one_pair([0.0] * 4, [2.5e38] * 4, bias=0.5),
+    "zeros-under-a-row-whose-squares-overflow": _one_pair([0.0] * 4, [2e19] * 4, bias=0.5),
+}
+
+
+@pytest.mark.parametrize("options", [{}, {"kernels": False, "dtype": torch.bfloat16}, {"kernels": False, "dtype": torch.float32}],
+                         ids=["c-kernel-if-any", "torch-bf16", "torch-fp32"])
+@pytest.mark.parametrize("case", EXTREMES)
+def test_no_weight_is_lost_at_fp32s_extremes(options, case):
+    states, mask, weight, bias = EXTREMES[case]
+    expected = torch.log1p(torch.relu(states @ weight.T + bias)).amax(dim=1)
+    assert (expected > 0).all()
+    # equal up to the logit's own rounding, which cancellation makes large against the logit
+    torch.testing.assert_close(ScreenedProjection(weight, bias, **options)(states, mask), expected, rtol=1e-3, atol=0)

@@ -317,21 +317,22 @@ void quantized_with_norms(const float *states, int8_t *tokens, float *scales, in
     }
 }
 
-// The (document, term) pairs of the positive entries of upper [documents, vocabulary] (rows `stride` floats
-// apart), in row-major order, as torch's nonzero lists them but in one AVX-512 pass; returns their count.
-// pair_documents and pair_terms have room for documents x vocabulary pairs.
-int64_t positive_pairs(const float *upper, int64_t documents, int64_t stride, int64_t vocabulary,
-                       int64_t *pair_documents, int64_t *pair_terms) {
+// The (document, term) pairs of the entries of upper [documents, vocabulary] (rows `stride` floats apart) that are
+// not <= 0: positive, or NaN (a bound whose arithmetic failed, 0 x inf, proves nothing), in row-major order, as
+// torch's nonzero lists them but in one AVX-512 pass; returns their count. pair_documents and pair_terms have room
+// for documents x vocabulary pairs.
+int64_t candidate_pairs(const float *upper, int64_t documents, int64_t stride, int64_t vocabulary,
+                        int64_t *pair_documents, int64_t *pair_terms) {
     const __m512 zero = _mm512_setzero_ps();
     int64_t count = 0;
     for (int64_t document = 0; document < documents; document++)
         for (int64_t term = 0; term < vocabulary; term += 16) {
             const __mmask16 live = vocabulary - term >= 16 ? 0xFFFF : (__mmask16)((1u << (vocabulary - term)) - 1);
             const __m512 values = _mm512_maskz_loadu_ps(live, upper + document * stride + term);
-            for (uint32_t positive = _mm512_mask_cmp_ps_mask(live, values, zero, _CMP_GT_OQ); positive;
-                 positive &= positive - 1) {
+            for (uint32_t candidate = _mm512_mask_cmp_ps_mask(live, values, zero, _CMP_NLE_UQ); candidate;
+                 candidate &= candidate - 1) {
                 pair_documents[count] = document;
-                pair_terms[count++] = term + __builtin_ctz(positive);
+                pair_terms[count++] = term + __builtin_ctz(candidate);
             }
         }
     return count;

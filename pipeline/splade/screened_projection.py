@@ -8,7 +8,7 @@ multiply-adds per token, ~90 % of encoding. A document has a few hundred positiv
    the [tokens x vocabulary] logits never exist whole, each tile max-pooled while it is in cache;
 2. bound: bf16 rounds h and w to 8 significant bits and the product to bf16, with fp32 accumulation,
    so |screened - exact| <= eps * sum_i |h_ti| |w_vi| <= eps * ||h_t|| ||w_v|| (eps ~ 3 * 2^-8);
-   a pair is a candidate when its screened max plus that bound plus b_v is above zero;
+   a pair is a candidate when its screened max plus that bound plus b_v is not at most zero (a NaN proves nothing);
 3. recheck: each candidate's max logit is computed again in fp32 (a few hundred terms x the
    document's tokens): the output equals the fp32 computation, and every other weight is exactly 0.
    (fp32 sums in another order than torch's GEMM: the last bit may differ, which a quantized weight
@@ -162,19 +162,19 @@ class ScreenedProjection:
             self.dtype, self.kernels = KERNEL_DTYPES[fused], screen_kernels.load()
             # Norms in float64: fp32 squares of tiny entries would underflow (then the bound with them).
             hidden, norms = weight.shape[1], weight.double().norm(dim=1)
-            fixed = (hidden * FLUSHED * (1 + norms)).float()
+            fixed = _rounded_up(hidden * FLUSHED * (1 + norms))
             if fused == "amx":  # the bound of `accumulation_factor`
                 rounded = weight.to(torch.bfloat16)
                 residual_norms = (weight.double() - rounded.double()).norm(dim=1)
                 slacks = (MARGIN * norms, MARGIN * (residual_norms + hidden * FLUSHED))
-                self.fused = screen_kernels.AmxScreen(self.kernels, rounded, self.bias, fixed, [slack.float() for slack in slacks])
+                self.fused = screen_kernels.AmxScreen(self.kernels, rounded, self.bias, fixed, [_rounded_up(slack) for slack in slacks])
             else:  # the bound of `int8_bound_scales`
                 levels, scales = screen_kernels.quantized_rows(weight)
                 back = levels.double() * scales.double()[:, None]
                 residual_norms, quantized_norms = (weight.double() - back).norm(dim=1), back.norm(dim=1)
                 slacks = (MARGIN * (residual_norms + 3 * FP32_UNIT_ROUNDOFF * quantized_norms), MARGIN * norms)
                 self.fused = screen_kernels.VnniScreen(self.kernels, levels, scales, self.bias, fixed,
-                                                       [slack.float() for slack in slacks])
+                                                       [_rounded_up(slack) for slack in slacks])
         else:
             self.dtype = dtype or screening_dtype(device.type)
             # The bias rides in the product as one more column, [h, 1] . [w, b] = h.w + b: the tile's logits
@@ -186,8 +186,9 @@ class ScreenedProjection:
             augmented = torch.cat([weight, self.bias[:, None], weight.new_zeros(weight.shape[0], 7 - hidden % 8)], dim=1)
             columns, factor = augmented.shape[1], error_factor(self.dtype, augmented.shape[1])
             self.negated = (-augmented).to(self.dtype)  # negation is exact: the bound holds for -w as for w
-            self.bound = factor * weight.norm(dim=1) + columns * FLUSHED  # times the token's norm
-            self.fixed_bound = factor * self.bias.abs() + columns * FLUSHED * (1 + augmented.norm(dim=1))
+            # in float64 (fp32 squares of tiny entries underflow, of huge ones overflow), rounded up to fp32
+            self.bound = _rounded_up(factor * weight.double().norm(dim=1) + columns * FLUSHED)  # times the token's norm
+            self.fixed_bound = _rounded_up(factor * self.bias.double().abs() + columns * FLUSHED * (1 + augmented.double().norm(dim=1)))
 
     @property
     def vocab_size(self) -> int:
@@ -202,8 +203,9 @@ class ScreenedProjection:
         states = _padding_as_first_token(states.float(), mask.bool())
         with fp32_matmuls():
             upper, blocks = self.screened(states)
-            documents, terms = (screen_kernels.positive_pairs(self.kernels, upper) if self.kernels is not None
-                                else (upper > 0).nonzero(as_tuple=True))
+            # a NaN bound (0 x inf: a document of zeros under a weight row too large for fp32 norms) proves nothing
+            documents, terms = (screen_kernels.candidate_pairs(self.kernels, upper) if self.kernels is not None
+                                else (~(upper <= 0)).nonzero(as_tuple=True))
             pair_blocks = None if blocks is None else blocks[documents, terms]
             weights = torch.log1p(torch.relu(self.recheck(states, documents, terms, pair_blocks)))
         kept = weights != 0  # NaN stays, for the caller to refuse
@@ -228,7 +230,7 @@ class ScreenedProjection:
         else:  # the bound of `error_factor`, on [h, 1, 0...] . [w, b, 0...]
             low = states.new_zeros(*states.shape[:2], self.negated.shape[1], dtype=self.dtype)
             low[..., : states.shape[2]], low[..., states.shape[2]] = states, 1
-            norms = states.norm(dim=2).amax(dim=1)
+            norms = _rounded_up(torch.linalg.vector_norm(states, dim=2, dtype=torch.float64).amax(dim=1))
             upper = self.tiled_max(low) + self.fixed_bound + norms[:, None] * self.bound[None, :]
         if not (finite := torch.isfinite(norms)).all():  # NaN or Inf states: every weight is rechecked, and not finite
             upper[~finite] = torch.inf
@@ -282,6 +284,13 @@ class ScreenedProjection:
         documents, width = terms.shape
         rows = torch.index_select(self.weight, 0, terms.flatten()).view(documents, width, -1)
         return torch.bmm(rows, states.transpose(1, 2)).amax(dim=2)
+
+
+def _rounded_up(values: torch.Tensor) -> torch.Tensor:
+    """float64 terms of a bound as fp32, never below their value: a plain cast rounds to nearest, and in the subnormal
+    range (a tiny weight row's slack) by up to 50 %, which no MARGIN covers."""
+    rounded = values.float()
+    return torch.where(rounded.double() < values, torch.nextafter(rounded, torch.tensor(torch.inf, device=values.device)), rounded)
 
 
 def _padding_as_first_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
