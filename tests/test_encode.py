@@ -6,7 +6,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from pipeline.encode import EMPTY_VECTOR_TERM, encode, quantize, vocabulary_terms
+from pipeline.data import Document
+from pipeline.encode import EMPTY_VECTOR_TERM, encode, encode_texts, quantize, vocabulary_terms
 from pipeline.files import read_jsonl
 
 from conftest import DOCS, QUERIES
@@ -63,6 +64,18 @@ def test_encode_counts_truncation_and_keeps_empty_documents(model_path, beir_fol
         assert all(isinstance(w, int) and w > 0 for w in record["vector"].values())
         assert not any(c.isspace() for term in record["vector"] for c in term)
     assert json.loads((out / "stats.json").read_text())["docs"]["texts"] == len(DOCS)
+
+
+def test_a_text_the_tokenizer_drops_whole_is_blank(encoder):
+    """Zero-width and control characters are not whitespace, but tokenize to nothing: their vector is empty, not
+    the model's reading of [CLS] [SEP] (which queries would match)."""
+    terms = vocabulary_terms(encoder.tokenizer, encoder.model.vocab_size)
+    texts = ["\u200b\u200b", "glaciers carve valleys", "\x00\x01", "  ", "\u200bglaciers"]
+    vectors = {}
+    encode_texts(encoder, [Document(str(at), text) for at, text in enumerate(texts)], terms, max_length=32, scale=100,
+                 batch_size=8, write=lambda item, vector: vectors.update({item.id: vector}), what="docs")
+    assert [bool(vectors[str(at)]) for at in range(len(texts))] == [False, True, False, False, True]
+    assert vectors["1"] == quantize(encoder.encode([texts[1]], 32)[0], terms, 100)[0]
 
 
 def encoder_tokens(title, text):
