@@ -54,13 +54,13 @@ def active_terms(vectors: torch.Tensor) -> float:
 def exact_search(query_ids: list[str], queries: torch.Tensor, doc_ids: list[str], docs: torch.Tensor, *,
                  k: int = 1000, remove_query: bool = False) -> dict[str, list[tuple[str, float]]]:
     """{qid: up to k (docid, score)} in trec_eval's order, only documents sharing a term with the query
-    (as Lucene). Ties at the k-th place are cut as Lucene cuts them, by index order (here the order of
-    `doc_ids`). With `remove_query` a query's own id is dropped from its k hits (Anserini's -removeQuery)."""
+    (as Lucene). Ties at the k-th place are cut as Anserini cuts them, by ascending document id (whatever the
+    order of `doc_ids`). With `remove_query` a query's own id is dropped from its k hits (Anserini's -removeQuery)."""
     scores = (docs @ queries.to_dense().T).T  # [queries, docs]
     hits = {}
     for qid, row in zip(query_ids, scores):
         matched = row.nonzero(as_tuple=True)[0].tolist()
-        kept = sorted(matched, key=lambda i: (-row[i].item(), i))[:k]
+        kept = sorted(matched, key=lambda i: (-row[i].item(), doc_ids[i]))[:k]
         ranking = trec_order([(doc_ids[i], row[i].item()) for i in kept])
         hits[qid] = [hit for hit in ranking if not (remove_query and hit[0] == qid)]
     return hits

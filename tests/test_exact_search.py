@@ -2,10 +2,11 @@
 documents, in the same order, with the same integer scores, and the same query removal."""
 
 import pytest
+import torch
 
 from pipeline import data
 from pipeline.encode import encode
-from pipeline.exact_search import exact_search, sparse_vectors
+from pipeline.exact_search import _csr, exact_search, sparse_vectors
 from pipeline.index import index
 from pipeline.search import search
 from pipeline.splade.model import SpladeEncoder
@@ -44,3 +45,12 @@ def test_exact_search_equals_the_lucene_impact_run(model_path, tmp_path, remove_
     assert {qid: ranking for qid, ranking in exact.items() if ranking} == lucene
     assert all(len(ranking) >= 4 for ranking in lucene.values())
     assert ("d01" in [docid for docid, _ in exact["d01"]]) is not remove_query
+
+
+def test_ties_at_the_kth_place_are_cut_by_id_as_anserini_cuts_them():
+    """Anserini's top k takes tied documents by ascending id (tests/test_search.py checks it on Lucene), whatever
+    the order of the collection."""
+    sparse = lambda rows: _csr(torch.tensor([[row for row in range(len(rows))], [0] * len(rows)]),
+                               torch.tensor(rows, dtype=torch.float64), (len(rows), 2))
+    hits = exact_search(["q"], sparse([3.0]), ["c", "b", "a"], sparse([1.0, 1.0, 2.0]), k=2)
+    assert hits == {"q": [("a", 6.0), ("b", 3.0)]}
