@@ -9,32 +9,39 @@ from pathlib import Path
 from pipeline.eval import METRICS
 from pipeline.files import atomic_path, write_json
 
-HEADERS = {"ndcg@10": "nDCG@10", "recall@100": "R@100", "recall@1000": "R@1000", "mrr@10": "MRR@10"}
+HEADERS = {"ndcg@10": "nDCG@10", "recall@100": "R@100", "recall@1000": "R@1000", "mrr@10": "MRR@10", "map": "MAP"}
 
 
 def _rows(evaluation: dict) -> list[dict]:
+    """The measured rows, then the leaderboard's; MAP too where judgments are graded (TREC DL publishes it)."""
+    metrics = (*METRICS, "map") if evaluation["relevance_level"] > 1 else METRICS
     rows = [
-        {"dataset": evaluation["dataset"], "system": system, **{m: scores.get(m) for m in METRICS}, "source": "measured"}
+        {"dataset": evaluation["dataset"], "system": system, **{m: scores.get(m) for m in metrics}, "source": "measured"}
         for system, scores in evaluation["metrics"].items()
     ]
     rows += [
-        {"dataset": evaluation["dataset"], "system": row["system"], **{m: row["metrics"].get(m) for m in METRICS},
+        {"dataset": evaluation["dataset"], "system": row["system"], **{m: row["metrics"].get(m) for m in metrics},
          "source": f'{row["source"]["title"]} <{row["source"]["url"]}>' if row["source"].get("url") else row["source"]["title"]}
         for row in evaluation["leaderboard"]
     ]
     return rows
 
 
+def table(rows: list[dict]) -> list[str]:
+    """The markdown table of one dataset's rows: a column for each metric they hold, sources without their url."""
+    columns = [metric for metric in HEADERS if any(metric in row for row in rows)]
+    lines = ["| system | " + " | ".join(HEADERS[metric] for metric in columns) + " | source |",
+             "|---|" + "---:|" * len(columns) + "---|"]
+    for row in rows:
+        cells = ["" if row.get(metric) is None else f"{row[metric]:.4f}" for metric in columns]
+        lines.append(f'| {row["system"]} | ' + " | ".join(cells) + f' | {row["source"].split(" <")[0]} |')
+    return lines
+
+
 def _markdown(evaluation: dict, rows: list[dict]) -> str:
     level = evaluation["relevance_level"]
     lines = [f'## {evaluation["dataset"]} ({evaluation["queries"]} judged queries'
-             + (f", recall at relevance >= {level})" if level > 1 else ")"), "",
-             "| system | " + " | ".join(HEADERS.values()) + " | source |",
-             "|---|" + "---:|" * len(HEADERS) + "---|"]
-    for row in rows:
-        cells = ["" if row[m] is None else f"{row[m]:.4f}" for m in METRICS]
-        source = "measured" if row["source"] == "measured" else row["source"].split(" <")[0]
-        lines.append(f'| {row["system"]} | ' + " | ".join(cells) + f" | {source} |")
+             + (f", all but nDCG count relevance >= {level})" if level > 1 else ")"), "", *table(rows)]
     lines += [f"- {note}" for note in evaluation["notes"]]
     if "comparison" in evaluation:
         comparison = evaluation["comparison"]

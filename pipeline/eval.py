@@ -26,12 +26,13 @@ Hits = dict[str, list[tuple[str, float]]]
 
 
 def ranx_metrics(relevance_level: int) -> dict[str, str]:
-    """Our metric names -> ranx's, with the relevance level where it applies."""
+    """Our metric names -> ranx's. Graded judgments (TREC DL) add MAP, and every metric but nDCG (which reads the
+    grades) binarizes them at the relevance level, as `trec_eval -l 2` and the published DL figures do."""
     if relevance_level == 1:
         return {metric: metric for metric in METRICS}
     level = f"-l{relevance_level}"
     return {"ndcg@10": "ndcg@10", "recall@100": f"recall@100{level}", "recall@1000": f"recall@1000{level}",
-            "mrr@10": "mrr@10", "map": f"map{level}"}
+            "mrr@10": f"mrr@10{level}", "map": f"map{level}"}
 
 
 def read_run(path: Path) -> Hits:

@@ -7,8 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.beir_eval import HEADERS
-from pipeline.eval import METRICS
+from pipeline.beir_eval import table
 from pipeline.files import atomic_path
 from pipeline.training_runs import figure, plot_curves, read_train_log, save_figure
 
@@ -32,12 +31,7 @@ def _retrieval(runs: Path) -> list[str]:
     lines = []
     rows = json.loads(path.read_text())
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
-        lines += [f"### {dataset}", "", "| system | " + " | ".join(HEADERS.values()) + " | source |",
-                  "|---|" + "---:|" * len(HEADERS) + "---|"]
-        for row in (row for row in rows if row["dataset"] == dataset):
-            cells = ["" if row[metric] is None else f"{row[metric]:.4f}" for metric in METRICS]
-            lines.append(f"| {row['system']} | " + " | ".join(cells) + f" | {row['source'].split(' <')[0]} |")
-        lines.append("")
+        lines += [f"### {dataset}", "", *table([row for row in rows if row["dataset"] == dataset]), ""]
     return lines
 
 

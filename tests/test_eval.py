@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from pipeline.data import read_trec_qrels, seed_cache, trec_qrels_file
+from pipeline.beir_eval import beir_eval
 from pipeline.eval import evaluate, ranx_metrics
 
 from conftest import write_beir_folder, write_trec
@@ -42,14 +43,31 @@ def test_metrics_match_trec_eval(qrels_name, dataset, depth, tied, trec_eval, tm
     assert ours["ndcg@10"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-m", "ndcg_cut.10"], qrels_path, run_path, "ndcg_cut_10"), abs=1e-4)
     assert ours["recall@100"] == pytest.approx(trec_eval_value(trec_eval, ["-c", *level, "-m", "recall.100"], qrels_path, run_path, "recall_100"), abs=1e-4)
     assert ours["recall@1000"] == pytest.approx(trec_eval_value(trec_eval, ["-c", *level, "-m", "recall.1000"], qrels_path, run_path, "recall_1000"), abs=1e-4)
-    assert ours["mrr@10"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-M", "10", "-m", "recip_rank"], qrels_path, run_path, "recip_rank"), abs=1e-4)
+    assert ours["mrr@10"] == pytest.approx(trec_eval_value(trec_eval, ["-c", *level, "-M", "10", "-m", "recip_rank"], qrels_path, run_path, "recip_rank"), abs=1e-4)
     if dataset == "dl19":
         assert ours["map"] == pytest.approx(trec_eval_value(trec_eval, ["-c", "-l", "2", "-m", "map"], qrels_path, run_path, "map"), abs=1e-4)
 
 
-def test_relevance_level_applies_to_recall_and_map_only():
+def test_relevance_level_applies_to_every_metric_but_ndcg():
     assert ranx_metrics(2) == {"ndcg@10": "ndcg@10", "recall@100": "recall@100-l2", "recall@1000": "recall@1000-l2",
-                               "mrr@10": "mrr@10", "map": "map-l2"}
+                               "mrr@10": "mrr@10-l2", "map": "map-l2"}
+
+
+def test_trec_dl_tables_show_map_beside_the_published_figures_and_beir_tables_do_not(tmp_path):
+    qrels_path = trec_qrels_file("dl19-passage")
+    write_trec(synthetic_run(read_trec_qrels(qrels_path)), tmp_path / "run.trec", "synthetic")
+    evaluate("msmarco-passage/trec-dl-2019", {"run": tmp_path / "run.trec"}, qrels_file=qrels_path, out=tmp_path / "dl19.json")
+    folder = write_beir_folder(tmp_path / "beir", qrels={"q1": {"d01": 1}})
+    write_trec({"q1": [("d01", 1.0)]}, tmp_path / "beir.trec", "beir")
+    evaluate(str(folder), {"run": tmp_path / "beir.trec"}, out=tmp_path / "beir.json")
+    rows = beir_eval([tmp_path / "dl19.json", tmp_path / "beir.json"], tmp_path / "all.json", tmp_path / "all.md")
+    dl19 = [row for row in rows if row["dataset"] == "msmarco-passage/trec-dl-2019"]
+    # the unjudged id takes the judged queries' published rows (the same scores under trec_eval -c)
+    assert {row["system"]: row["map"] for row in dl19 if row["source"] != "measured"}["BM25 (k1=0.9, b=0.4)"] == 0.3013
+    assert 0 < dl19[0]["map"] < 1 and all("map" not in row for row in rows if row["dataset"] == str(folder))
+    markdown = (tmp_path / "all.md").read_text().split("\n## ")
+    assert "| system | nDCG@10 | R@100 | R@1000 | MRR@10 | MAP | source |" in markdown[1]
+    assert "| system | nDCG@10 | R@100 | R@1000 | MRR@10 | source |" in markdown[2]
 
 
 def test_run_and_qrels_with_different_queries(tmp_path, trec_eval):
