@@ -186,6 +186,16 @@ def _declared_class(name: str, constructor: str | None = None, **methods: str):
     return MetaJavaClass(name.rsplit("/", 1)[-1], (JavaClass,), attributes)
 
 
+# A query is a clause per term: a SPLADE query may hold thousands (Lucene's default limit, 1,024, failed the fast
+# search and made SearchCollection drop the query from its run, saying so only in its log).
+MAX_QUERY_TERMS = 1 << 20
+
+
+@functools.cache
+def _allow_long_queries() -> None:
+    start_jvm()("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_QUERY_TERMS)
+
+
 def _index_writer_class():
     """Lucene's IndexWriter: pyjnius cannot pick `addIndexes(Directory...)` out of its overloads by
     itself (nor pass it a Directory[])."""
@@ -349,6 +359,7 @@ class ImpactSearcher:
 
     def __init__(self, index_dir: Path):
         autoclass = start_jvm()
+        _allow_long_queries()
         self.reader = _open_reader(index_dir)
         self.searcher = _index_searcher_class()(self.reader)
         self.collectors = autoclass("org.apache.lucene.search.TopScoreDocCollector")
@@ -470,6 +481,7 @@ def search_collection(
     Pyserini's `--remove-query` and Anserini's `-removeQuery` in their BEIR reproductions (2CR).
     """
     autoclass = start_jvm()
+    _allow_long_queries()
     options = _search_collection_options(index_dir, topics, run, impact=impact, k=k, threads=threads,
                                          remove_query=remove_query, tag=tag, k1=k1, b=b)
     from jnius import JavaException

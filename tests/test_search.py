@@ -289,3 +289,20 @@ def test_an_index_is_searched_as_its_kind(impact_index, vectors, beir_folder, tm
     with pytest.raises(data.DataError, match=r"is a BM25 index of the documents' text"):
         search(tmp_path / "bm25", tmp_path / "impact.trec", str(beir_folder), queries=vectors / "queries.jsonl")
     assert not (tmp_path / "bm25.trec").exists() and not (tmp_path / "impact.trec").exists()
+
+
+def test_a_query_of_thousands_of_terms_is_searched_whole_on_either_path(beir_folder, tmp_path):
+    """A clause per term: over Lucene's default 1,024 clauses, our search failed and Anserini's dropped the query."""
+    (tmp_path / "docs").mkdir()
+    documents = {f"d{i}": {f"t{term}": 1 + (term + i) % 7 for term in range(i, 3000, 1 + i)} for i in range(1, 6)}
+    (tmp_path / "docs" / "part-00000.jsonl").write_text(
+        "".join(json.dumps({"id": doc_id, "contents": "", "vector": vector}) + "\n" for doc_id, vector in documents.items()))
+    query = {f"t{term}": 1 + term % 3 for term in range(3000)}
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"id": "q1", "vector": query}) + "\n")
+    expected = sorted((-sum(weight * query[term] for term, weight in vector.items()), doc_id) for doc_id, vector in documents.items())
+    index(tmp_path / "ours", vectors=tmp_path / "docs", threads=1)
+    lucene.build_index(tmp_path / "docs", tmp_path / "anserini", "JsonVectorCollection", impact=True, threads=1)
+    for name in ("ours", "anserini"):
+        search(tmp_path / name, tmp_path / f"{name}.trec", str(beir_folder), queries=tmp_path / "queries.jsonl", k=10)
+        hits = read_trec(tmp_path / f"{name}.trec")["q1"]
+        assert sorted((-float(score), docid) for docid, score, _ in hits) == [(float(score), doc_id) for score, doc_id in expected]
