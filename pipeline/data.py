@@ -381,8 +381,16 @@ def read_trec_qrels(path: Path) -> dict[str, dict[str, int]]:
 MAX_IMPACT = 2**31 - 1
 
 
-# A term must not hold whitespace (Lucene splits terms on it) nor the impact index's delimiter.
-_TERM_BREAK = re.compile(r"[\s\x01]")
+# A term must not hold whitespace (Lucene splits terms on it), the impact index's delimiter, nor a lone surrogate
+# (not text: Java cannot take it).
+_TERM_BREAK = re.compile("[\\s\x01\ud800-\udfff]")
+# Lucene's whitespace tokenizer cuts a token at 255 UTF-16 units, and the impact index's token is
+# term + \x01 + weight (10 digits at most): a longer term would be cut, its weight's digits split off.
+MAX_TERM_UNITS = 255 - 1 - len(str(MAX_IMPACT))
+
+
+def utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def checked_vectors(paths: Iterable[Path], start: int = 0, stop: int | None = None) -> Iterator[tuple[str, str, dict[str, int]]]:
@@ -396,7 +404,11 @@ def checked_vectors(paths: Iterable[Path], start: int = 0, stop: int | None = No
             raise DataError(f"{where}: expected a non-empty JSON object 'vector' of term: weight (Anserini drops an empty one)")
         if "" in vector or _TERM_BREAK.search("".join(vector)):
             term = next(term for term in vector if not term or _TERM_BREAK.search(term))
-            raise DataError(f"{where}: term {term!r} is empty or holds whitespace or \\x01 (Lucene splits terms on them)")
+            raise DataError(f"{where}: term {term!r} is empty or holds whitespace, \\x01 (Lucene splits terms on them) "
+                            "or a lone surrogate")
+        if 2 * max(map(len, vector)) > MAX_TERM_UNITS and (long := [t for t in vector if utf16_units(t) > MAX_TERM_UNITS]):
+            raise DataError(f"{where}: term {long[0][:40]!r}... is {utf16_units(long[0])} UTF-16 units long: Lucene cuts "
+                            f"terms at {MAX_TERM_UNITS} (with the weight, 255)")
         for term, weight in vector.items():
             if type(weight) is not int or not 0 < weight <= MAX_IMPACT:
                 raise DataError(f"{where}: weight of term {term!r} must be a positive integer below 2^31, got {weight!r}")

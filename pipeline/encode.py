@@ -53,14 +53,18 @@ SORT_WINDOW_BATCHES = 64
 
 
 def vocabulary_terms(tokenizer, vocab_size: int) -> list[str]:
-    """Index term for each vocabulary id: whitespace-free and unique (Anserini splits on whitespace).
+    """Index term for each vocabulary id: whitespace-free, unique (Anserini splits on whitespace) and short enough
+    for Lucene (`data.MAX_TERM_UNITS`).
 
-    A whitespace character becomes `<U+XXXX>`; an empty, missing or clashing token gets `#<id>` added.
+    A whitespace character becomes `<U+XXXX>`; an empty, missing or clashing token gets `#<id>` added; a token
+    longer than Lucene takes (a run of 31+ spaces, as code-trained vocabularies hold) is `#<id>` alone.
     """
     tokens = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
     taken, terms = {EMPTY_VECTOR_TERM}, []
     for token_id, token in enumerate(tokens):
         term = "".join(f"<U+{ord(c):04X}>" if c.isspace() else c for c in token or "")
+        if data.utf16_units(term) > data.MAX_TERM_UNITS:
+            term = ""
         if not term or term in taken:
             term = f"{term}#{token_id}"
         taken.add(term)

@@ -23,7 +23,7 @@ def test_quantize_rounds_drops_zeros_and_keeps_rows():
 
 def test_vocabulary_terms_have_no_whitespace_and_are_unique():
     vocab = {"plain": 0, "two words": 1, "tab\there": 2, "": 3, "nbsp\u00a0x": 4, "<U+0020>": 5, "two<U+0020>words": 6,
-             EMPTY_VECTOR_TERM: 7}
+             EMPTY_VECTOR_TERM: 7, " " * 31: 8, "x" * 244: 9}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="plain")))
     terms = vocabulary_terms(tokenizer, len(vocab) + 1)  # one id beyond the tokenizer, as padded vocabularies
     assert len(terms) == len(vocab) + 1 and len(set(terms)) == len(terms)
@@ -32,6 +32,8 @@ def test_vocabulary_terms_have_no_whitespace_and_are_unique():
     assert terms[6] == "two<U+0020>words#6"  # the escaped form of id 1 took this name first
     assert terms[7] == f"{EMPTY_VECTOR_TERM}#7"  # the reserved term never names a vocabulary entry
     assert EMPTY_VECTOR_TERM not in terms
+    # Lucene cuts terms at 255 UTF-16 units, weight included: 31 spaces escaped are 248, which gets a short name
+    assert terms[8] == "#8" and terms[9] == "x" * 244
 
 
 def test_default_vocabulary_is_used_verbatim(encoder):
