@@ -36,12 +36,17 @@ class IndexCountError(PipelineError, RuntimeError):
     pass
 
 
+# What Java's String.trim() takes off: Anserini skips a document whose text it leaves empty.
+JAVA_TRIMMED = "".join(map(chr, range(0x21)))
+
+
 def _write_text_collection(corpus: data.Corpus, folder: Path) -> tuple[int, int]:
-    """Write the {"id", "contents"} collection; return (written, blank documents left out)."""
+    """Write the {"id", "contents"} collection; return (written, blank documents left out): whitespace, and control
+    characters alone (which Anserini would skip, and the index's count with it)."""
     shards, blank = ShardWriter(folder, shard_size=500_000), 0
     try:
         for doc in Progress(corpus.docs(), total=corpus.docs_count(), desc="collection", unit="docs"):
-            if doc.text.strip():
+            if doc.text.strip() and doc.text.strip(JAVA_TRIMMED):
                 shards.write({"id": doc.id, "contents": doc.text})
             else:
                 blank += 1
