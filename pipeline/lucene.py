@@ -500,10 +500,12 @@ def search_collection(
 
 def search_collection_command(index_dir: Path, topics: Path, run: Path, *, k: int, threads: int,
                               remove_query: bool, tag: str, heap: str = DEFAULT_HEAP) -> list[str]:
-    """The same impact search as `search_collection`, as a `java` command line (the search stage's heap and
-    JVM options): Anserini's own speed, with no Python in the way."""
-    java = find_java_home() / "bin" / "java"
-    return [str(java), f"-Xmx{heap}", *JVM_OPTIONS, *SEARCH_JVM_OPTIONS, "-cp", str(anserini_jar()),
+    """The same impact search as `search_collection`, as a `java` command line (the search stage's heap, JVM
+    options and class-data archive, as `start_jvm` gives them): Anserini's own speed, with no Python in the way."""
+    java_home, jar = find_java_home(), anserini_jar()
+    archive = class_archive(java_home, jar)
+    shared = [f"-XX:SharedArchiveFile={archive}", "-Xlog:cds*=off"] if archive.is_file() else []
+    return [str(java_home / "bin" / "java"), f"-Xmx{heap}", *JVM_OPTIONS, *SEARCH_JVM_OPTIONS, *shared, "-cp", str(jar),
             "io.anserini.search.SearchCollection",
             *_search_collection_options(index_dir, topics, run, impact=True, k=k, threads=threads,
                                         remove_query=remove_query, tag=tag, k1=0.9, b=0.4)]

@@ -33,6 +33,15 @@ def test_a_stage_jvm_maps_the_archive_that_setup_built():
     assert "sharing" in result.stdout, result.stdout + result.stderr[-2000:]
 
 
+def test_anserini_run_by_java_alone_maps_the_archive_too(tmp_path):
+    """search-bench's peer: Anserini's SearchCollection by `java` alone starts as our stages' JVMs do."""
+    command = lucene.search_collection_command(tmp_path / "index", tmp_path / "topics.tsv", tmp_path / "run.trec", k=10,
+                                               threads=1, remove_query=False, tag="t")
+    java = command[: command.index("io.anserini.search.SearchCollection")]
+    result = subprocess.run([*java, "-Xshare:on", "-version"], capture_output=True, text=True)  # fails where it cannot map it
+    assert result.returncode == 0 and "sharing" in result.stderr, result.stderr[-2000:]
+
+
 def test_a_changed_jar_is_never_matched_with_the_old_archive(tmp_path):
     java_home = lucene.find_java_home()
     jar = tmp_path / "anserini.jar"
