@@ -15,6 +15,7 @@ is written, and the record is itself written whole (temporary name, fsync, renam
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -234,7 +235,8 @@ class PartWriter:
 
     def __exit__(self, kind, error, traceback) -> None:
         if kind is not None:  # a failed part leaves nothing (a killed one leaves staging, overwritten later)
-            self.stream.close()
+            with contextlib.suppress(OSError):  # closing flushes what a full disk refused: it fails again
+                self.stream.close()
             (self.store.staging / self.file).unlink(missing_ok=True)
             return
         self.stream.flush()
