@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="i/N: encode only the parts of shard i of N (then run without it to finish)")
     p.add_argument("--fresh", action="store_true", help="delete earlier parts in --out and start again")
     p.add_argument("--fresh-if-changed", action="store_true",
-                   help="start again only where --out holds parts of another corpus, model or settings (what Make runs)")
+                   help="start again where --out holds parts of another corpus or model, whose files changed (what Make runs)")
     p.add_argument("--device", default=None)
     p.add_argument("--body-precision", choices=("fp32", "bf16"), default="fp32",
                    help="the transformer layers' precision; bf16 is faster on a GPU, and its weights differ from fp32's")

@@ -47,6 +47,8 @@ from pipeline.train import refuse_collapsed
 log = logging.getLogger(__name__)
 
 EMPTY_VECTOR_TERM = "[EMPTY-VECTOR]"
+# The settings of a documents folder that name its inputs: where one changed, its parts are stale (`--fresh-if-changed`).
+INPUTS = ("corpus_source", "model_files")
 # Documents are sorted by length inside windows of this many batches: most of the padding saved,
 # memory bounded whatever the corpus size.
 SORT_WINDOW_BATCHES = 64
@@ -231,7 +233,8 @@ def encode(
 
     Documents go in parts of `part_size` (`pipeline.parts`): a killed run continues from its last
     complete part, and a finished `out` (made with the same settings) is not encoded again; one made with other
-    settings is refused, unless `fresh` (start again) or `fresh_if_changed` (start again where they differ). Under
+    settings is refused, unless `fresh` (start again) or `fresh_if_changed` and the corpus's files or the model's
+    differ (its parts are stale: start again). Under
     torchrun each rank encodes the parts i with i % world == rank and rank 0 finishes; with `shard`
     ("i/N") this process encodes its parts and stops, and a run without `shard` then verifies the parts
     and finishes. Finishing verifies every part, encodes the dataset's queries (if any) and writes
@@ -287,7 +290,7 @@ def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset
         "max_doc_length": max_doc_length, "batch_size": batch_size, "part_size": part_size,
         # recorded when not the default, so that outputs made before the option stay valid
         **({"body_precision": settings["body_precision"]} if settings["body_precision"] != "fp32" else {}),
-    })
+    }, products=("stats.json", "queries.jsonl"))
     if not fresh and store.finished() and (out / "stats.json").is_file():
         log.info("%s: its documents are encoded already (manifest.json, stats.json)", out)
         stats = json.loads((out / "stats.json").read_text())
@@ -301,7 +304,7 @@ def _encode_documents(out: Path, documents: data.Corpus, query_set: data.Dataset
         documents.check()  # a bad line anywhere fails now, not after hours of encoding
         if query_set is not None:
             query_set.check()
-        store.open(fresh=fresh, fresh_if_changed=fresh_if_changed)
+        store.open(fresh=fresh, fresh_if_changed=INPUTS if fresh_if_changed else ())
     ranks.barrier()
     if ranks.rank != 0:
         store.open()

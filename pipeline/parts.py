@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,9 @@ import orjson
 
 from pipeline.errors import PipelineError
 from pipeline.files import json_line
+
+
+log = logging.getLogger(__name__)
 
 
 class PartsError(PipelineError, RuntimeError):
@@ -84,22 +88,25 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 class PartStore:
-    """The parts of one output folder, made from `settings` (JSON-serializable)."""
+    """The parts of one output folder, made from `settings` (JSON-serializable); `products`, files of that folder
+    made from the parts (stats, say), go with them when they are deleted."""
 
-    def __init__(self, folder: Path, settings: dict, *, parts_name: str = "docs"):
-        self.folder, self.settings = folder, settings
+    def __init__(self, folder: Path, settings: dict, *, parts_name: str = "docs", products: tuple[str, ...] = ()):
+        self.folder, self.settings, self.products = folder, settings, products
         self.parts_dir, self.records_dir, self.staging = folder / parts_name, folder / "done", folder / "staging"
 
-    def open(self, *, fresh: bool = False, fresh_if_changed: bool = False) -> None:
-        """Start or continue: refuse other settings unless `fresh`, which deletes earlier output, or
-        `fresh_if_changed`, which deletes it where its settings differ (and continues it where not).
+    def open(self, *, fresh: bool = False, fresh_if_changed: Collection[str] = ()) -> None:
+        """Start or continue: refuse other settings unless `fresh`, which deletes earlier output, or one of the
+        settings named in `fresh_if_changed` (the inputs: their old output is stale) differs, which deletes it too.
         (Several shards may open one folder at once; `fresh` is for a single process or rank 0.)"""
         settings_file = self.folder / "settings.json"
         if fresh:
             self._remove_own_files()
         if settings_file.is_file():
             earlier = json.loads(settings_file.read_text())
-            if earlier != self.settings and fresh_if_changed:
+            if any(earlier.get(key) != self.settings.get(key) for key in fresh_if_changed):
+                log.warning("%s: starting again, its parts were made from other inputs (%s)", self.folder,
+                            "; ".join(_differences(earlier, self.settings)))
                 self._remove_own_files()
             elif earlier != self.settings:
                 raise PartsError(
@@ -174,10 +181,12 @@ class PartStore:
 
     def discard_if_empty(self) -> bool:
         """After a failure: if no part is complete (nothing to resume), take back what `open` made, so that a rerun
-        with other settings is not refused: the settings, and the folders where empty (another shard's part being
-        written, or a file that is not ours, stays with its folder). Say if parts are kept."""
+        with other settings is not refused: the settings, and the folders where empty (a file that is not ours
+        stays, with its folder). While another shard writes a part (in staging), nothing. Say if parts are kept."""
         if self.records_dir.is_dir() and any(self.records_dir.iterdir()):
             return True
+        if self.staging.is_dir() and any(self.staging.iterdir()):
+            return False
         (self.folder / "settings.json").unlink(missing_ok=True)
         for folder in (self.staging, self.records_dir, self.parts_dir, self.folder):
             try:
@@ -187,10 +196,11 @@ class PartStore:
         return False
 
     def _remove_own_files(self) -> None:
-        """What this store writes, and nothing else of its folder (which may be a user's, holding other files)."""
+        """What this store writes, and what was made from its parts (`products`), and nothing else of its folder
+        (which may be a user's, holding other files)."""
         for folder in (self.parts_dir, self.records_dir, self.staging):
             shutil.rmtree(folder, ignore_errors=True)
-        for name in ("settings.json", "manifest.json"):
+        for name in ("settings.json", "manifest.json", *self.products):
             (self.folder / name).unlink(missing_ok=True)
 
     def finish(self, records: list[dict], summary: dict) -> None:
@@ -204,7 +214,7 @@ def unfinished(folder: Path) -> str | None:
     """Why `folder` (a store's folder, or its parts folder) is an output still being written, or None: its
     settings are there and its manifest, written last, is not."""
     for store in (folder, folder.parent):
-        if (store / "settings.json").is_file() and not (store / "manifest.json").is_file():
+        if (store / "settings.json").is_file() and (store / "done").is_dir() and not (store / "manifest.json").is_file():
             parts = len(list((store / "done").glob("part-*.json"))) if (store / "done").is_dir() else 0
             return (f"{store} is not finished ({parts} parts complete, no manifest.json): run the same command again "
                     "to finish it")

@@ -126,12 +126,20 @@ def test_changed_settings_are_refused_unless_fresh(model_path, corpus, uninterru
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "body_precision: (not set) -> 'bf16'" in refused.stderr
     done = lambda: sorted(path.name for path in (out / "done").iterdir())
-    # What Make runs: the same settings continue, other ones start again
+    # What Make runs: the same inputs continue; other settings are refused as without it; changed inputs start again
     shard_0 = {name: (out / "done" / name).stat().st_mtime_ns for name in done()}
     run(encode_command(model_path, corpus, out, "--fresh-if-changed"))
     assert len(done()) == PARTS and all((out / "done" / name).stat().st_mtime_ns == at for name, at in shard_0.items())
-    run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh-if-changed", "--shard", "0/5"))
-    assert done() == list(shard_0) and json.loads((out / "settings.json").read_text())["scale"] == 50
+    refused = subprocess.run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh-if-changed"), cwd=ROOT,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "scale: 100.0 -> 50.0" in refused.stderr and len(done()) == PARTS
+    changed = tmp_path / "changed"
+    shutil.copytree(corpus, changed)
+    with open(changed / "corpus.jsonl", "a") as lines:
+        lines.write(json.dumps({"_id": "one-more", "title": "", "text": "a document added since"}) + "\n")
+    started_again = run(encode_command(model_path, changed, out, "--fresh-if-changed", "--shard", "0/5"))
+    assert "starting again, its parts were made from other inputs (corpus:" in started_again.stderr
+    assert done() == [f"part-{part:05d}.json" for part in range(0, -(-(DOCUMENTS + 1) // PART_SIZE), 5)]
     run(encode_command(model_path, corpus, out, "--scale", "40", "--fresh"))
     assert json.loads((out / "settings.json").read_text())["scale"] == 40 and len(done()) == PARTS
 
@@ -148,6 +156,23 @@ def test_a_failure_before_any_part_and_fresh_take_away_only_what_encode_wrote(mo
         index(tmp_path / "index", vectors=out / "docs")  # its complete parts alone are not the corpus
     run(encode_command(model_path, corpus, out, "--scale", "50", "--fresh"))
     assert (out / "notes.txt").read_text() == "the user's own" and json.loads((out / "settings.json").read_text())["scale"] == 50
+    # started afresh, and failed: the finished run's stats and queries went with its parts, the user's file stays
+    assert (out / "stats.json").is_file() and (out / "queries.jsonl").is_file()
+    failed = subprocess.run(encode_command(model_path, corpus, out, "--scale", "1e12", "--fresh"), cwd=ROOT, capture_output=True,
+                            text=True)
+    assert failed.returncode == 2 and [path.name for path in out.iterdir()] == ["notes.txt"]
+
+
+def test_a_shard_that_fails_before_any_part_leaves_another_shards_part_in_writing(tmp_path):
+    settings, plan = {"corpus": "c"}, Plan(4, 2)
+    writing, failing = PartStore(tmp_path / "out", settings), PartStore(tmp_path / "out", settings)
+    writing.open()
+    failing.open()
+    with writing.writer(0, plan.span(0)) as writer:
+        writer.add({"id": "a"})
+        writer.add({"id": "b"})
+        assert not failing.discard_if_empty()  # nothing of its own is complete; the other shard's part is under way
+    assert writing.complete(0) and (tmp_path / "out" / "settings.json").is_file()
 
 
 def test_a_dataset_over_encoded_documents_gets_its_queries_encoded_again(model_path, corpus, uninterrupted, tmp_path):
