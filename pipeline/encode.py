@@ -152,15 +152,11 @@ def length_sorted_batches(items: Iterable[data.Document], batch_size: int) -> It
 
 def _tokenized(encoder, batches: Iterable[list[data.Document]], max_length: int):
     """(batch, positions of its non-blank texts, their tokens or None, truncations) per batch.
-    A blank text has no terms: its vector is empty, not the model's reading of [CLS] [SEP]. Blank is whitespace,
-    and whatever the tokenizer drops whole (zero-width or control characters): nothing but the special tokens."""
-    specials = encoder.tokenizer.num_special_tokens_to_add()
+    A blank text has no terms: its vector is empty, not the model's reading of [CLS] [SEP] (as one of zero-width
+    or control characters alone, which `SpladeEncoder.sparse_weights` gives no weight)."""
     for batch in batches:
         filled = [i for i, item in enumerate(batch) if item.text.strip()]
         tokens, truncated = encoder.host_batch([batch[i].text for i in filled], max_length) if filled else (None, 0)
-        if tokens is not None and not (lexical := tokens["attention_mask"].sum(dim=1) > specials).all():
-            filled = [i for i, kept in zip(filled, lexical.tolist()) if kept]
-            tokens = {name: tensor[lexical] for name, tensor in tokens.items()} if filled else None
         yield batch, filled, tokens, truncated
 
 

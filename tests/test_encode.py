@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerFast
 
 from pipeline.data import Document
 from pipeline.encode import EMPTY_VECTOR_TERM, encode, encode_texts, quantize, vocabulary_terms
+from pipeline.exact_search import sparse_vectors
 from pipeline.files import read_jsonl
 
 from conftest import DOCS, QUERIES
@@ -78,6 +79,9 @@ def test_a_text_the_tokenizer_drops_whole_is_blank(encoder):
                  batch_size=8, write=lambda item, vector: vectors.update({item.id: vector}), what="docs")
     assert [bool(vectors[str(at)]) for at in range(len(texts))] == [False, True, False, False, True]
     assert vectors["1"] == quantize(encoder.encode([texts[1]], 32)[0], terms, 100)[0]
+    # as k-sweep's exact search reads them
+    assert sparse_vectors(encoder, texts, max_length=32).to_dense().count_nonzero(dim=1).bool().tolist() == \
+        [False, True, False, False, True]
 
 
 def encoder_tokens(title, text):

@@ -215,14 +215,21 @@ class SpladeEncoder:
 
     @torch.inference_mode()
     def sparse_weights(self, batch) -> SparseWeights:
-        """The positive fp32 SPLADE weights of a tokenized batch, on the model's device."""
+        """The positive fp32 SPLADE weights of a tokenized batch, on the model's device. A text that tokenized to
+        nothing but the special tokens (blank, or zero-width and control characters alone) has none: it holds no
+        term, and the model's reading of [CLS] [SEP] would match queries."""
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
         rows = input_ids.shape[0] if self.device.type == "cuda" else max(1, CPU_BODY_TOKENS // input_ids.shape[1])
         with torch.autocast(self.device.type, dtype=self.body_dtype, enabled=self.body_dtype != torch.float32):
             states = torch.cat([self.model.hidden_states(input_ids[first : first + rows], attention_mask[first : first + rows])
                                 for first in range(0, input_ids.shape[0], rows)]).float()
-        return self.projection().sparse(self.model.head.transform(states), attention_mask)
+        weights = self.projection().sparse(self.model.head.transform(states), attention_mask)
+        lexical = attention_mask.sum(dim=1) > self.tokenizer.num_special_tokens_to_add()
+        if lexical.all():
+            return weights
+        kept = lexical[weights.documents]
+        return SparseWeights(weights.documents[kept], weights.terms[kept], weights.values[kept], weights.shape)
 
     def encode(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, int]:
         batch, truncated = self.host_batch(texts, max_length)
