@@ -212,10 +212,10 @@ class PartStore:
 
 def unfinished(folder: Path) -> str | None:
     """Why `folder` (a store's folder, or its parts folder) is an output still being written, or None: its
-    settings are there and its manifest, written last, is not."""
+    settings and part records are there and its manifest, written last, is not."""
     for store in (folder, folder.parent):
         if (store / "settings.json").is_file() and (store / "done").is_dir() and not (store / "manifest.json").is_file():
-            parts = len(list((store / "done").glob("part-*.json"))) if (store / "done").is_dir() else 0
+            parts = len(list((store / "done").glob("part-*.json")))
             return (f"{store} is not finished ({parts} parts complete, no manifest.json): run the same command again "
                     "to finish it")
     return None
